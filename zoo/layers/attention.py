@@ -1,0 +1,155 @@
+"""Scaled dot-product and multi-head attention with padding, causal, cross and packed-segment masks and a
+KV cache for incremental decoding.
+
+Shapes: B batch, T query length, S key length, N heads, H head dim, D model width.
+Masks are boolean, True where a query may attend to a key, broadcastable to [B, N, T, S].
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from zoo.layers import common, position
+
+_NEG = -1e9  # finite, so a fully masked row gives a uniform (ignored) average instead of NaN
+
+
+def dot_product_attention(q, k, v, mask=None, bias=None, *, scale: float | None = None,
+                          dropout_rate: float = 0.0, dropout_rng=None, dtype=jnp.float32):
+  """softmax(q k^T * scale + bias, where mask) v, with the softmax in float32.
+
+  q [B, T, N, H], k and v [B, S, N, H]; scale defaults to 1/sqrt(H) (T5 uses 1.0).
+  Returns [B, T, N, H] in `dtype`.
+
+  >>> q = k = v = jnp.ones((1, 2, 1, 4))
+  >>> dot_product_attention(q, k, v).shape
+  (1, 2, 1, 4)
+  """
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  logits = common.einsum('BTNH,BSNH->BNTS', q, k, dtype=dtype) * scale  # [B, N, T, S] f32
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  return common.einsum('BNTS,BSNH->BTNH', weights, v, dtype=dtype).astype(dtype)
+
+
+def padding_mask(q_valid: jax.Array, k_valid: jax.Array | None = None) -> jax.Array:
+  """[B, T] and [B, S] booleans (True for real tokens) -> [B, 1, T, S]."""
+  return nn.make_attention_mask(q_valid, q_valid if k_valid is None else k_valid, dtype=jnp.bool_)
+
+
+def causal_mask(length: int) -> jax.Array:
+  """Query t sees keys 0..t: [1, 1, T, T]."""
+  return nn.make_causal_mask(jnp.zeros((1, length)), dtype=jnp.bool_)
+
+
+def segment_mask(q_segments: jax.Array, k_segments: jax.Array | None = None) -> jax.Array:
+  """Packed sequences: a query sees keys of its own segment only; segment 0 is padding and sees nothing.
+
+  q_segments [B, T], k_segments [B, S] (int, 1..n for documents, 0 for padding) -> [B, 1, T, S].
+  """
+  k_segments = q_segments if k_segments is None else k_segments
+  same = nn.make_attention_mask(q_segments, k_segments, pairwise_fn=jnp.equal, dtype=jnp.bool_)
+  return nn.combine_masks(same, padding_mask(q_segments > 0, k_segments > 0), dtype=jnp.bool_)
+
+
+def make_mask(q_segments: jax.Array, k_segments: jax.Array | None = None, *, causal: bool = False):
+  """The usual combination: packed segments (0 = padding), and causal if asked."""
+  mask = segment_mask(q_segments, k_segments)
+  if causal:
+    mask = nn.combine_masks(mask, causal_mask(q_segments.shape[1]), dtype=jnp.bool_)
+  return mask
+
+
+def decode_positions(module: nn.Module, length: int) -> tuple[jax.Array, jax.Array]:
+  """Model-level bookkeeping for decoding with a KV cache.
+
+  The first call (at `init`, with a full-length input) allocates a cache of `length` slots. Each later call
+  with `length` new tokens returns their positions (index .. index+length-1) and advances the index.
+  Returns (query positions [T], slot positions [S]).
+  """
+  first = not module.has_variable('cache', 'index')
+  index = module.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+  slots = module.variable('cache', 'slots', lambda: jnp.arange(length, dtype=jnp.int32))
+  if first:
+    return jnp.arange(length, dtype=jnp.int32), slots.value
+  q = index.value + jnp.arange(length, dtype=jnp.int32)
+  index.value = index.value + length
+  return q, slots.value
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: Q/K/V projections, scaled dot-product attention per head, output projection.
+
+  Self-attention when `kv` is None, cross-attention otherwise. With `decode=True` (self-attention only),
+  keys and values are written into a cache ('cache' collection) at the running index; the default mask is
+  then causal over the cache slots. Initialise the cache by calling `init` with decode=True on a
+  full-length input.
+
+  >>> mha = MultiHeadAttention(num_heads=2, head_dim=4)
+  >>> x = jnp.ones((1, 3, 8))
+  >>> mha.apply(mha.init(jax.random.key(0), x), x).shape
+  (1, 3, 8)
+  """
+  num_heads: int
+  head_dim: int
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  scale: float | None = None  # None: 1/sqrt(head_dim)
+  rotary: bool = False  # rotate q and k by `positions` (RoFormer)
+  rope_base: float = 10_000.0
+  dtype: common.Dtype = jnp.float32
+  kernel_init: common.Initializer = common.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x, kv=None, mask=None, bias=None, positions=None, deterministic: bool = True,
+               decode: bool = False):
+    """x [B, T, D]; kv [B, S, D] or None; mask [B|1, N|1, T, S]; bias [B|1, N, T, S]; positions [B|1, T]."""
+    b, t, d = x.shape
+    n, h = self.num_heads, self.head_dim
+    proj = lambda name: common.dense(n * h, ('embed', 'heads'), use_bias=self.use_bias,  # noqa: E731
+                                     dtype=self.dtype, kernel_init=self.kernel_init, name=name)
+    source = x if kv is None else kv
+    q = proj('query')(x).reshape(b, t, n, h)
+    k = proj('key')(source).reshape(b, source.shape[1], n, h)
+    v = proj('value')(source).reshape(b, source.shape[1], n, h)
+    if self.rotary:
+      if kv is not None:
+        raise ValueError('rotary embeddings apply to self-attention only')
+      pos = jnp.arange(t)[None] if positions is None else positions
+      q, k = position.apply_rotary(q, pos, self.rope_base), position.apply_rotary(k, pos, self.rope_base)
+    if decode:
+      if kv is not None:
+        raise ValueError('decode=True caches self-attention; pass kv=None')
+      k, v, mask = self._update_cache(k, v, mask)
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng('dropout')
+    out = dot_product_attention(q, k, v, mask, bias, scale=self.scale, dropout_rate=self.dropout_rate,
+                                dropout_rng=dropout_rng, dtype=self.dtype)  # [B, T, N, H]
+    return common.dense(d, ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
+                        kernel_init=self.kernel_init, name='out')(out.reshape(b, t, n * h))
+
+  def _update_cache(self, k, v, mask):
+    first = not self.has_variable('cache', 'cached_key')
+    ck = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+    cv = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    if first:  # init: allocate only, attend as in a full forward pass
+      return k, v, mask
+    t, slots = k.shape[1], ck.value.shape[1]
+    i = index.value
+    ck.value = lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
+    cv.value = lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+    index.value = i + t
+    if mask is None:  # causal over the slots written so far
+      q_pos = i + jnp.arange(t)
+      mask = (jnp.arange(slots)[None, :] <= q_pos[:, None])[None, None]
+    return ck.value, cv.value, mask

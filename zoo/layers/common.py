@@ -1,0 +1,143 @@
+"""What every layer shares: the dtype policy and parameters created with logical axis names.
+
+The dtype policy (as in T5X and MaxText):
+- parameters are stored in float32 (`param_dtype`);
+- activations and matmul operands use the compute dtype (`dtype`: float32, or bfloat16 on TPU);
+- every matmul accumulates in float32, forward *and* backward (`dot_general` below), and its result is
+  rounded back to the compute dtype;
+- norms compute their statistics in float32; logits and losses are float32.
+
+Logical axis names (t5x/flax convention) used for parameters:
+  'vocab', 'embed', 'mlp', 'heads' (heads x head_dim, flattened), 'kv' (head_dim), 'relpos_buckets',
+  'positions', 'rnn' (recurrent width), 'classes', 'layers' (added by nn.scan).
+A config's rule table maps them to mesh axes; without rules they are no-ops.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+default_embed_init = nn.initializers.normal(stddev=0.02)
+
+_DENSE_DIMS = lambda ndim: (((ndim - 1,), (0,)), ((), ()))  # noqa: E731  x[..., I] . w[I, O]
+
+
+@jax.custom_vjp
+def _mm_f32_accumulate(x, w):
+  """x[..., I] @ w[I, O] with low-precision operands and float32 accumulation; result in x.dtype."""
+  y = lax.dot_general(x, w, _DENSE_DIMS(x.ndim), preferred_element_type=jnp.float32)
+  return y.astype(x.dtype)
+
+
+def _mm_fwd(x, w):
+  return _mm_f32_accumulate(x, w), (x, w)
+
+
+def _mm_bwd(res, g):
+  # Autodiff of a dot with preferred_element_type does not carry it over to the gradient dots
+  # (JAX_NOTES): spell both out so they too take bf16 operands and accumulate in float32.
+  x, w = res
+  dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  batch = tuple(range(x.ndim - 1))
+  dw = lax.dot_general(x, g, ((batch, batch), ((), ())), preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_mm_f32_accumulate.defvjp(_mm_fwd, _mm_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` for `nn.Dense` under zoo's dtype policy.
+
+  float32 operands go straight to `lax.dot_general`. Lower-precision operands (bfloat16) of a Dense
+  contraction accumulate in float32 in the forward and both backward matmuls, and the result comes back in
+  the operands' dtype.
+
+  >>> x = jnp.ones((2, 3), jnp.bfloat16); w = jnp.ones((3, 4), jnp.bfloat16)
+  >>> dot_general(x, w, (((1,), (0,)), ((), ()))).dtype
+  dtype(bfloat16)
+  """
+  if (lhs.dtype == jnp.float32 or preferred_element_type is not None
+      or dimension_numbers != _DENSE_DIMS(lhs.ndim) or rhs.ndim != 2):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+  return _mm_f32_accumulate(lhs, rhs)
+
+
+def einsum(spec: str, *operands, dtype: Dtype = jnp.float32):
+  """`jnp.einsum` on operands cast to `dtype`, accumulating in float32; the result is float32."""
+  return jnp.einsum(spec, *(o.astype(dtype) for o in operands), preferred_element_type=jnp.float32)
+
+
+def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          kernel_init: Initializer = default_kernel_init, name: str | None = None) -> nn.Dense:
+  """An `nn.Dense` with logically named kernel (`axes` = (in, out)) and bias (out), under the dtype policy."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
+      dot_general=dot_general, name=name)
+
+
+def embed(num_embeddings: int, features: int, axes: Sequence[str | None] = ('vocab', 'embed'), *,
+          dtype: Dtype = jnp.float32, init: Initializer = default_embed_init,
+          name: str | None = None) -> nn.Embed:
+  """An `nn.Embed` whose table carries logical axis names."""
+  return nn.Embed(num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
+                  embedding_init=nn.with_logical_partitioning(init, tuple(axes)), name=name)
+
+
+def attend(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+  """Tied output logits x @ table^T, in float32 (accumulated in float32 from `dtype` operands)."""
+  return einsum('...d,vd->...v', x, table.embedding, dtype=dtype)
+
+
+def norm(kind: str, *, eps: float, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+  """'layernorm' (with bias) or 'rmsnorm' (T5: scale only, no mean subtraction); statistics in float32."""
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',))
+  if kind == 'layernorm':
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, scale_init=scale_init,
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+                        name=name)
+  if kind == 'rmsnorm':
+    return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, scale_init=scale_init, name=name)
+  raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': nn.relu,
+    'gelu': lambda x: nn.gelu(x, approximate=False),  # BERT: x * Phi(x), with erf
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),  # GPT-2 "gelu_new"
+    'silu': nn.silu,
+}
+GATED = {'geglu': 'gelu_tanh', 'swiglu': 'silu', 'reglu': 'relu'}  # gated name -> its activation
+
+
+def activation_fn(name: str) -> tuple[Callable[[jax.Array], jax.Array], bool]:
+  """Returns (function, gated) for an activation name: relu, gelu, gelu_tanh, silu, geglu, swiglu, reglu."""
+  if name in GATED:
+    return ACTIVATIONS[GATED[name]], True
+  if name in ACTIVATIONS:
+    return ACTIVATIONS[name], False
+  raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS) + sorted(GATED)}')
+
+
+def head_dim(embed_dim: int, num_heads: int, where: str = 'model') -> int:
+  """embed_dim // num_heads, or a clear error when the heads do not divide the width."""
+  if num_heads <= 0 or embed_dim % num_heads:
+    raise ValueError(f'{where}.num_heads={num_heads} does not divide {where}.embed_dim={embed_dim}: '
+                     f'choose num_heads among the divisors of {embed_dim}, or set head_dim explicitly')
+  return embed_dim // num_heads
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Activation sharding constraint by logical names; a no-op outside a mesh with rules."""
+  return nn.with_logical_constraint(x, tuple(axes))

@@ -1,0 +1,129 @@
+"""Transformer encoder and decoder blocks (post-LN as BERT and the original Transformer, pre-LN as GPT-2
+and T5) and the layer stack that runs them unrolled, under `nn.scan`, under `nn.remat`, or shared (ALBERT)."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.layers import common
+from zoo.layers.attention import MultiHeadAttention
+
+
+class Mlp(nn.Module):
+  """Position-wise feed-forward: wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) for gated activations."""
+  mlp_dim: int
+  activation: str = 'gelu'
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  dtype: common.Dtype = jnp.float32
+  kernel_init: common.Initializer = common.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    act, gated = common.activation_fn(self.activation)
+    wi = functools.partial(common.dense, self.mlp_dim, ('embed', 'mlp'), use_bias=self.use_bias,
+                           dtype=self.dtype, kernel_init=self.kernel_init)
+    if gated:
+      h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
+    else:
+      h = act(wi(name='wi')(x))
+    h = common.constrain(h, ('batch', 'length', 'mlp'))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)  # T5 drops here too
+    return common.dense(x.shape[-1], ('mlp', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
+                        kernel_init=self.kernel_init, name='wo')(h)
+
+
+class TransformerBlock(nn.Module):
+  """One encoder block (self-attention, MLP) or decoder block (self-attention, cross-attention, MLP).
+
+  pre_ln=True:  x + Drop(f(Norm(x)))      (GPT-2, T5)
+  pre_ln=False: Norm(x + Drop(f(x)))      (BERT, BART, the original Transformer)
+
+  Call with positional arguments (nn.scan and nn.remat need them):
+  (x, mask, bias, positions, encoded, cross_mask, deterministic, decode) -> x, or (x, None) when `scanned`.
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  activation: str = 'gelu'
+  norm: str = 'layernorm'
+  norm_eps: float = 1e-5
+  pre_ln: bool = True
+  use_bias: bool = True
+  cross_attention: bool = False
+  dropout_rate: float = 0.0
+  attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5: 1.0
+  rotary: bool = False
+  dtype: common.Dtype = jnp.float32
+  kernel_init: common.Initializer = common.default_kernel_init
+  scanned: bool = False  # return (x, None) for nn.scan
+
+  @nn.compact
+  def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
+               deterministic: bool = True, decode: bool = False):
+    attention = functools.partial(
+        MultiHeadAttention, self.num_heads, self.head_dim, use_bias=self.use_bias,
+        dropout_rate=self.dropout_rate, scale=self.attention_scale, dtype=self.dtype,
+        kernel_init=self.kernel_init)
+
+    def sublayer(name, fn, x):
+      norm = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name=f'{name}_norm')
+      h = fn(norm(x) if self.pre_ln else x)
+      h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+      return x + h if self.pre_ln else norm(x + h)
+
+    x = common.constrain(x, ('batch', 'length', 'embed'))
+    x = sublayer('self_attention', lambda h: attention(rotary=self.rotary, name='self_attention')(
+        h, None, mask, bias, positions, deterministic, decode), x)
+    if self.cross_attention:
+      x = sublayer('cross_attention', lambda h: attention(name='cross_attention')(
+          h, encoded, cross_mask, None, None, deterministic, False), x)
+    x = sublayer('mlp', lambda h: Mlp(self.mlp_dim, self.activation, self.use_bias, self.dropout_rate,
+                                      self.dtype, self.kernel_init, name='mlp')(h, deterministic), x)
+    x = common.constrain(x, ('batch', 'length', 'embed'))
+    return (x, None) if self.scanned else x
+
+
+def stack_layers(block: functools.partial, num_layers: int, x, *args, scan: bool = False,
+                 remat: bool = False, shared: bool = False, name: str = 'layers'):
+  """Runs `num_layers` blocks over x; call inside a parent's `@nn.compact` method.
+
+  block: `functools.partial(BlockClass, **fields)`; args: the block's remaining positional arguments
+  (mask, bias, positions, encoded, cross_mask, deterministic, decode), the last two static.
+  scan: one `nn.scan` over stacked parameters (axis 'layers'): compile time stays flat in depth.
+  remat: recompute each block's activations in the backward pass (`nn.remat`).
+  shared: one set of parameters applied num_layers times (ALBERT's cross-layer sharing).
+  """
+  cls = block.func
+  n_static = 2  # deterministic, decode
+  if remat:
+    first_static = 1 + 1 + len(args) - n_static  # self counts as argument 0, then x
+    cls = nn.remat(cls, prevent_cse=not scan, static_argnums=tuple(range(first_static, first_static + 2)))
+  if shared:
+    layer = cls(**block.keywords, name=name)
+    for _ in range(num_layers):
+      x = layer(x, *args)
+    return x
+  if scan:
+    scanned = nn.scan(cls, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = scanned(**block.keywords, scanned=True, name=name)(x, *args)
+    return x
+  for i in range(num_layers):
+    x = cls(**block.keywords, name=f'{name}_{i}')(x, *args)
+  return x
+
+
+def unstack_params(params, name: str = 'layers'):
+  """Scanned parameters {name: stacked} -> unrolled {name_0: ..., name_1: ...} (unboxed)."""
+  params = dict(nn.unbox(params))
+  stacked = params.pop(name)
+  n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  for i in range(n):
+    params[f'{name}_{i}'] = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+  return params

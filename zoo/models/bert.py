@@ -1,0 +1,111 @@
+"""BERT (Devlin et al. 2018): token + segment (token type) + learned position embeddings, a post-LN
+encoder, a tanh pooler over [CLS], an MLM head tied to the input embeddings and an NSP head.
+
+ALBERT (albert.py) is this module with a factorized embedding (embedding_dim < embed_dim) and one set of
+layer parameters shared across depth.
+
+>>> import jax, jax.numpy as jnp
+>>> model = Bert(**SIZES['tiny'])
+>>> tokens = jnp.ones((2, 8), jnp.int32)
+>>> out = model.apply(model.init(jax.random.key(0), tokens), tokens)
+>>> out['mlm_logits'].shape, out['nsp_logits'].shape
+((2, 8, 512), (2, 2))
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.layers import attention, common, position, transformer
+
+# Published sizes (BERT paper, Turc et al. 2019 for the small ones); `tiny` is for tests.
+SIZES = {
+    'tiny': dict(vocab_size=512, max_len=128, num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128),
+    'mini': dict(num_layers=4, embed_dim=256, num_heads=4, mlp_dim=1024),
+    'small': dict(num_layers=4, embed_dim=512, num_heads=8, mlp_dim=2048),
+    'medium': dict(num_layers=8, embed_dim=512, num_heads=8, mlp_dim=2048),
+    'base': dict(num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072),  # 110M
+    'large': dict(num_layers=24, embed_dim=1024, num_heads=16, mlp_dim=4096),  # 335M
+}
+# transformers' BertForPreTraining built from the same config (vocab 30,522); the paper rounds to 110M / 340M.
+PUBLISHED_PARAMS = {'base': 110_106_428, 'large': 336_226_108}
+
+
+class Bert(nn.Module):
+  """BERT encoder with MLM and NSP heads.
+
+  Call: (tokens [B, T], token_types [B, T] (A=0/B=1), segment_ids [B, T] (packed documents 1..n, 0 =
+  padding; default tokens != pad_id), positions [B, T], mlm_positions [B, P] (score only these
+  positions), deterministic) -> dict(hidden [B, T, H], pooled [B, H], mlm_logits [B, T or P, V] float32,
+  nsp_logits [B, 2] float32).
+  """
+  vocab_size: int = 30522
+  type_vocab_size: int = 2
+  max_len: int = 512  # learned positions
+  num_layers: int = 12
+  embed_dim: int = 768  # hidden width H
+  embedding_dim: int | None = None  # E; < embed_dim factorizes the embedding (ALBERT)
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  activation: str = 'gelu'
+  share_layers: bool = False  # ALBERT: one set of layer parameters for every layer
+  dropout_rate: float = 0.1
+  norm_eps: float = 1e-12
+  pad_id: int = 0
+  dtype: common.Dtype = jnp.float32
+  scan_layers: bool = False
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, token_types=None, segment_ids=None, positions=None, mlm_positions=None,
+               deterministic: bool = True):
+    b, t = tokens.shape
+    e = self.embedding_dim or self.embed_dim
+    factored = e != self.embed_dim
+    e_axis = 'embed_factor' if factored else 'embed'
+    if segment_ids is None:
+      segment_ids = (tokens != self.pad_id).astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
+    token_types = jnp.zeros_like(tokens) if token_types is None else token_types
+
+    token_embed = common.embed(self.vocab_size, e, ('vocab', e_axis), dtype=self.dtype, name='token_embed')
+    x = (token_embed(tokens)
+         + common.embed(self.max_len, e, ('positions', e_axis), dtype=self.dtype, name='position_embed')(
+             positions)
+         + common.embed(self.type_vocab_size, e, ('types', e_axis), dtype=self.dtype, name='type_embed')(
+             token_types))
+    x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='embed_norm')(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    if factored:
+      x = common.dense(self.embed_dim, ('embed_factor', 'embed'), dtype=self.dtype, name='embed_project')(x)
+
+    block = functools.partial(
+        transformer.TransformerBlock, num_heads=self.num_heads,
+        head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
+        activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=False,
+        dropout_rate=self.dropout_rate, dtype=self.dtype)
+    mask = attention.segment_mask(segment_ids)
+    x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, False,
+                                 scan=self.scan_layers, remat=self.remat, shared=self.share_layers)
+
+    pooled = jnp.tanh(common.dense(self.embed_dim, ('embed', 'mlp'), dtype=self.dtype, name='pooler')(x[:, 0]))
+    h = x if mlm_positions is None else jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
+    h = common.dense(e, ('embed', 'mlp' if not factored else 'embed_factor'), dtype=self.dtype,
+                     name='mlm_transform')(h)
+    h = common.activation_fn(self.activation)[0](h)
+    h = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='mlm_norm')(h)
+    mlm_bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                          (self.vocab_size,), jnp.float32)
+    mlm_logits = common.attend(token_embed, h, self.dtype) + mlm_bias
+    nsp_logits = common.dense(2, ('embed', 'classes'), dtype=self.dtype, name='nsp')(pooled)
+    return dict(hidden=x, pooled=pooled, mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
+
+  def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
+    """Arguments for `init` (all zeros-shaped; no data needed)."""
+    return dict(tokens=jnp.ones((batch_size, length), jnp.int32))
+
+
+Model = Bert
