@@ -13,7 +13,8 @@ Cells (each maps (carry, x_t) -> (carry, y_t)):
       o = σ(W_io x + W_ho h + b_ho), c' = f * c + i * g, h' = o * tanh(c')
   (carry (c, h); the output is h).
 
-Layers are `nn.RNN` (a scan over time) and `nn.Bidirectional`.
+Layers are `nn.RNN` (a scan over time) and `nn.Bidirectional`; a cell's parameters sit under `layer_{i}`
+(`layer_{i}_forward` / `layer_{i}_backward` when bidirectional).
 """
 from __future__ import annotations
 
@@ -114,13 +115,12 @@ class StackedRNN(nn.Module):
         if decode:
           raise ValueError('a bidirectional layer cannot decode step by step')
         layer = nn.Bidirectional(
-            nn.RNN(make_cell(self.cell, self.features, self.dtype), name=f'forward_{i}'),
-            nn.RNN(make_cell(self.cell, self.features, self.dtype), name=f'backward_{i}'),
-            return_carry=True, name=f'layer_{i}')
+            nn.RNN(make_cell(self.cell, self.features, self.dtype, name=f'layer_{i}_forward')),
+            nn.RNN(make_cell(self.cell, self.features, self.dtype, name=f'layer_{i}_backward')),
+            return_carry=True)
         carry, x = layer(x, seq_lengths=seq_lengths)
       else:
-        layer = nn.RNN(make_cell(self.cell, self.features, self.dtype), return_carry=True,
-                       name=f'layer_{i}')
+        layer = nn.RNN(make_cell(self.cell, self.features, self.dtype, name=f'layer_{i}'), return_carry=True)
         init = None if initial_carries is None else initial_carries[i]
         if decode:
           zero = jnp.zeros((x.shape[0], self.features), self.dtype)

@@ -32,7 +32,7 @@ FAMILIES: dict[str, Family] = {
                  'T5 encoder-decoder (relative bias, RMSNorm, pre-LN)'),
     'bart': Family(encdec.EncoderDecoder, encdec.BART_SIZES, encdec.BART_PUBLISHED_PARAMS,
                    'BART encoder-decoder (learned positions, post-LN)'),
-    'glm': Family(glm.Glm, glm.SIZES, {}, 'GLM: blank infilling with 2-D positions'),
+    'glm': Family(glm.Glm, glm.SIZES, glm.PUBLISHED_PARAMS, 'GLM: blank infilling with 2-D positions'),
     'rnn_lm': Family(rnn.RnnLm, rnn.LM_SIZES, rnn.LM_PUBLISHED_PARAMS, 'RNN / GRU / LSTM language model'),
     'rnn_seq2seq': Family(rnn.RnnSeq2Seq, rnn.SEQ2SEQ_SIZES, {}, 'RNN encoder-decoder with attention'),
 }

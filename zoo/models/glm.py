@@ -26,6 +26,7 @@ SIZES = {
     'base': dict(num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072),  # 110M
     'large': dict(num_layers=24, embed_dim=1024, num_heads=16, mlp_dim=4096),  # 335M
 }
+PUBLISHED_PARAMS = {'base': 110_000_000, 'large': 335_000_000}  # the GLM paper's rounded figures
 
 
 def glm_mask(context_length, q_positions, k_positions):

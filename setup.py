@@ -1,0 +1,32 @@
+"""zoo: a JAX/Flax model zoo for NLP pretraining (BERT, ALBERT, GPT, T5, BART, GLM, RNNs)."""
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions zoo is tested with (they work together on Python 3.10-3.12).
+INSTALL_REQUIRES = [
+    'jax>=0.10.2',
+    'flax>=0.12.8',
+    'optax>=0.2.8',
+    'orbax-checkpoint>=0.12.8',
+    'grain>=0.2.18',
+    'sentencepiece>=0.2.3',
+    'tensorflow-datasets>=4.9.10',
+    'ml_collections>=1.1.0',
+    'numpy>=1.26',
+]
+
+setup(
+    name='zoo',
+    version='0.1.0',
+    description='A JAX/Flax model zoo for NLP pretraining, TPU-first.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['zoo', 'zoo.*']),
+    python_requires='>=3.10',
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        'tpu': ['jax[tpu]>=0.10.2'],  # brings libtpu: also for ahead-of-time compilation on a CPU host
+        'cuda': ['jax[cuda12]>=0.10.2'],
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+    },
+    license='Apache-2.0',
+)
