@@ -1,0 +1,257 @@
+"""Tokenizers, sources, packing and the grain pipeline: determinism, sharding, exact resume, bad input."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zoo.data import pipeline, sources, tfds_text
+from zoo.data import tokenizer as tk
+
+ENGLISH = ('The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of '
+           'times; numbers like 3.14159 and 2024 appear too.')
+CHINESE = '自然语言处理是人工智能的一个重要方向。中文文本没有空格，词与词之间不分开。今天天气很好！'
+EMOJI = 'Emoji 🙂🚀 and symbols © ∑ — tabs\tand  double  spaces, a new\nline.'
+
+
+@pytest.fixture(scope='module')
+def corpus():
+  """A few hundred varied documents (numbered, so each is unique)."""
+  words = ENGLISH.split() + list(CHINESE)
+  rng = np.random.default_rng(0)
+  return [f'doc {i}: ' + ' '.join(rng.choice(words, size=rng.integers(3, 40))) for i in range(400)]
+
+
+@pytest.fixture(scope='module')
+def tok(corpus):
+  return tk.train_tokenizer(corpus + [ENGLISH, CHINESE, EMOJI] * 5, vocab_size=400, num_sentinels=10)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+@pytest.mark.parametrize('model_type', ['unigram', 'bpe'])
+def test_tokenizer_round_trip_and_special_ids(corpus, model_type):
+  tok = tk.train_tokenizer(corpus + [ENGLISH, CHINESE], vocab_size=400, model_type=model_type, num_sentinels=10)
+  for text in (ENGLISH, CHINESE, EMOJI, '未见过的字：龘𠀋', ' leading and trailing  '):
+    ids = tok.encode(text)
+    assert tk.UNK not in ids
+    assert tok.decode(ids) == text
+  assert [tok.piece(i) for i in range(9)] == ['[PAD]', '[UNK]', '[BOS]', '[EOS]', '[CLS]', '[SEP]', '[MASK]',
+                                               '[sop]', '[eop]']
+  assert (tk.PAD, tk.EOS, tk.CLS, tk.SEP, tk.MASK, tk.SOP, tk.EOP) == (0, 3, 4, 5, 6, 7, 8)
+  assert tok.num_sentinels == 10 and tok.piece(tok.sentinel(9)) == '<extra_id_9>' and tok.sentinel(0) == 9
+  assert tok.vocab_size == 400
+  assert tok.is_special([0, 8, 18]).all() and not tok.is_special([19]).any()
+
+
+def test_word_starts_mark_whole_words(tok):
+  ids = tok.encode('quick brown foxes')
+  starts = tok.word_starts(ids)
+  words = []
+  for i, s in zip(ids, starts):
+    if s:
+      words.append('')
+    words[-1] += tok.piece(i)
+  assert [w.replace('\u2581', '') for w in words] == ['quick', 'brown', 'foxes']
+
+
+def test_tokenizer_files_and_checks(tok, tmp_path):
+  path = str(tmp_path / 'spm.model')
+  tok.save(path)
+  loaded = tk.Tokenizer.load(path, model_vocab_size=512)
+  assert loaded.encode(ENGLISH) == tok.encode(ENGLISH)
+  with pytest.raises(ValueError, match='has 400 pieces but model.vocab_size is 300'):
+    tk.Tokenizer.load(path, model_vocab_size=300)
+  with pytest.raises(FileNotFoundError, match='data.tokenizer'):
+    tk.Tokenizer.load(str(tmp_path / 'missing.model'))
+  import sentencepiece as spm  # a plain SentencePiece model lacks zoo's ids
+  spm.SentencePieceTrainer.train(sentence_iterator=iter([ENGLISH] * 50), model_prefix=str(tmp_path / 'plain'),
+                                 vocab_size=50, minloglevel=2)
+  with pytest.raises(ValueError, match='not a zoo tokenizer'):
+    tk.Tokenizer.load(str(tmp_path / 'plain.model'))
+
+
+def test_vocabulary_the_corpus_cannot_support(corpus):
+  with pytest.raises(ValueError, match=r'data.vocab_size=50000 is larger than this corpus supports: set it to '
+                                       r'at most \d+'):
+    tk.train_tokenizer(corpus, vocab_size=50000)
+  with pytest.raises(ValueError, match='data.vocab_size=200 is too small'):
+    tk.train_tokenizer(corpus, vocab_size=200)
+
+
+def test_tokenizer_command_line(tmp_path):
+  (tmp_path / 'a.txt').write_text('\n'.join([ENGLISH, CHINESE, EMOJI] * 30))
+  out = tmp_path / 'cli.model'
+  run = subprocess.run([sys.executable, '-m', 'zoo.data.tokenizer', f'--source=text:{tmp_path}/*.txt',
+                        f'--output={out}', '--vocab_size=360', '--num_sentinels=5', '--model_type=bpe'],
+                       capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  assert 'wrote' in run.stdout and tk.Tokenizer.load(str(out)).vocab_size == 360
+  bad = subprocess.run([sys.executable, '-m', 'zoo.data.tokenizer', f'--source=text:{tmp_path}/*.txt',
+                        f'--output={out}', '--vocab_size=300'], capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.startswith('error: --vocab_size=300 is too small: 109 ids are reserved')
+  assert 'Traceback' not in bad.stderr
+
+
+# ---------------------------------------------------------------- sources
+
+def test_text_sources_and_bad_input(tmp_path):
+  (tmp_path / 'a.txt').write_text('first doc\n\nsecond doc\nstill second\n\n\nthird\n')
+  (tmp_path / 'empty.txt').write_text('')
+  (tmp_path / 'bad.txt').write_bytes(b'good line\nbad \xff\xfe bytes\n')
+  (tmp_path / 'long.txt').write_text('x' * 3_000_000)  # one line of 3 MB
+  docs, stats = sources.read_text(str(tmp_path / '*.txt'), 'line', max_doc_chars=1_000_000)
+  assert stats.empty_files == 1 and stats.invalid_utf8_lines == 1 and stats.split_long_documents == 1
+  assert 'bad \ufffd\ufffd bytes' in docs and docs.count('x' * 1_000_000) == 3
+  assert {'first doc', 'second doc', 'still second', 'third', 'good line'} <= set(docs)
+  assert '1 empty files' in stats.report() and '1 invalid utf8 lines' in stats.report()
+  para, _ = sources.read_text(str(tmp_path / 'a.txt'), 'paragraph')
+  assert para == ['first doc', 'second doc\nstill second', 'third']
+  with pytest.raises(FileNotFoundError, match="data.source: no file matches"):
+    sources.read_documents(f'text:{tmp_path}/nothing*.txt')
+  with pytest.raises(ValueError, match='holds no text'):
+    sources.read_documents(f'text:{tmp_path}/empty.txt')
+  with pytest.raises(ValueError, match="is not a source: use 'default'"):
+    sources.read_documents('wiki')
+
+
+def test_jsonl_source(tmp_path):
+  lines = [json.dumps({'body': f'text {i}', 'id': i}) for i in range(10)] + ['{not json', json.dumps({'x': 1})]
+  (tmp_path / 'a.jsonl').write_text('\n'.join(lines))
+  docs, stats = sources.read_jsonl(str(tmp_path / '*.jsonl'), 'body')
+  assert docs == [f'text {i}' for i in range(10)]
+  assert stats.bad_json_lines == 1 and stats.missing_field_lines == 1
+  with pytest.raises(ValueError, match="no line of .* has the field 'text'"):
+    sources.read_documents(f'jsonl:{tmp_path}/*.jsonl:text')
+
+
+def test_split_is_fixed_disjoint_and_complete(tmp_path):
+  (tmp_path / 'a.txt').write_text('\n'.join(f'line {i}' for i in range(500)))
+  spec = f'text:{tmp_path}/a.txt'
+  train, _ = sources.read_documents(spec, split='train', validation_fraction=0.1)
+  val, _ = sources.read_documents(spec, split='validation', validation_fraction=0.1)
+  assert len(val) == 50 and not set(train) & set(val) and len(set(train) | set(val)) == 500
+  assert sources.read_documents(spec, split='validation', validation_fraction=0.1)[0] == val
+
+
+def test_default_corpus_is_real_offline_text():
+  docs, stats = sources.read_documents('default')
+  assert stats.characters > 1_000_000 and len(docs) > 1000
+  text = ' '.join(docs[:200])
+  assert text.count(' the ') > 100  # English prose, not code
+
+
+def test_tfds_builder_without_tensorflow(tmp_path):
+  (tmp_path / 'c.txt').write_text('\n'.join(f'sentence number {i}' for i in range(40)))
+  builder = tfds_text.prepare(str(tmp_path / '*.txt'), data_dir=str(tmp_path / 'tfds'), validation_fraction=0.25)
+  name = f'zoo_text/{builder.builder_config.name}'
+  train, stats = sources.read_documents(f'tfds:{name}', split='train', data_dir=str(tmp_path / 'tfds'))
+  val, _ = sources.read_documents(f'tfds:{name}', split='validation', data_dir=str(tmp_path / 'tfds'))
+  assert len(train) == 30 and len(val) == 10
+  assert set(train) | set(val) == {f'sentence number {i}' for i in range(40)}
+  assert 'tensorflow' not in sys.modules
+  with pytest.raises(FileNotFoundError, match=r'tfds:lm1b is not prepared in .*tfds build lm1b'):
+    sources.read_documents('tfds:lm1b', data_dir=str(tmp_path / 'empty'))
+  with pytest.raises(ValueError, match="has no feature 'body'"):
+    sources.read_documents(f'tfds:{name}:body', data_dir=str(tmp_path / 'tfds'))
+
+
+# ---------------------------------------------------------------- pipeline
+
+def take(ds, n):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
+def same(a, b):
+  return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+@pytest.mark.parametrize('packing', pipeline.PACKINGS)
+def test_same_seed_same_batches_and_well_formed_packing(corpus, tok, packing):
+  make = lambda seed: pipeline.make_dataset(corpus, tok, seq_len=32, batch_size=4, seed=seed,  # noqa: E731
+                                            packing=packing)
+  a, b, c = take(make(0), 6), take(make(0), 6), take(make(1), 6)
+  assert same(a, b) and not same(a, c)
+  for batch in a:
+    tokens, seg, pos = batch['tokens'], batch['segment_ids'], batch['positions']
+    assert tokens.dtype == np.int32 and tokens.shape == (4, 32)
+    assert ((tokens == 0) == (seg == 0)).all()  # padding exactly where segment 0
+    for row in range(4):
+      for t in range(32):
+        if seg[row, t] == 0:
+          continue
+        if t == 0 or seg[row, t] != seg[row, t - 1]:
+          assert pos[row, t] == 0 or (packing == 'concat' and t == 0)
+        else:
+          assert pos[row, t] == pos[row, t - 1] + 1
+      assert (np.diff(seg[row][seg[row] > 0]) >= 0).all()
+  if packing == 'concat':
+    assert pipeline.fill_rate(a) == 1.0
+
+
+def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
+  seen = []
+  for index in range(3):
+    ds = pipeline.make_dataset(corpus, tok, seq_len=128, batch_size=1, packing='pad', num_epochs=1,
+                               shard_index=index, shard_count=3, add_eos=False)
+    seen.append({tok.decode(row['tokens'][0][row['segment_ids'][0] > 0]) for row in ds})
+  assert all(len(s) > 100 for s in seen)
+  assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+  assert seen[0] | seen[1] | seen[2] == set(corpus)
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_restored_iterator_continues_with_the_next_batch(corpus, tok, workers):
+  ds = pipeline.make_dataset(corpus, tok, seq_len=32, batch_size=4, seed=3, num_workers=workers)
+  it = iter(ds)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]
+  again = iter(pipeline.make_dataset(corpus, tok, seq_len=32, batch_size=4, seed=3, num_workers=workers))
+  again.set_state(state)
+  assert same(want, [next(again) for _ in range(4)])
+
+
+def test_iterator_state_in_an_orbax_checkpoint(corpus, tok, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  make = lambda: iter(pipeline.make_dataset(corpus, tok, seq_len=32, batch_size=4, seed=5))  # noqa: E731
+  it = make()
+  for _ in range(7):
+    next(it)
+  with ocp.CheckpointManager(tmp_path / 'ckpt') as mngr:
+    mngr.save(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+  want = [next(it) for _ in range(3)]
+  resumed = make()
+  with ocp.CheckpointManager(tmp_path / 'ckpt') as mngr:
+    mngr.restore(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(resumed)))
+  assert same(want, [next(resumed) for _ in range(3)])
+
+
+def test_evaluation_pads_the_last_batch(corpus, tok):
+  docs = corpus[:10]
+  batches = list(pipeline.make_dataset(docs, tok, seq_len=256, batch_size=4, packing='pad', shuffle=False,
+                                       num_epochs=1, pad_last_batch=True))
+  assert len(batches) == 3 and batches[-1]['tokens'].shape == (4, 256)
+  assert (batches[-1]['segment_ids'][2:] == 0).all() and (batches[-1]['segment_ids'][:2, 0] == 1).all()
+
+
+def test_corpus_smaller_than_one_batch(tok):
+  with pytest.raises(ValueError, match=r'data.source is too small: .* fewer than one batch of '
+                                       r'train.batch_size=64: add text, or lower train.batch_size'):
+    pipeline.check_corpus_fits(['a few words', 'and a few more'], tok, seq_len=128, global_batch=64,
+                               packing='concat')
+  pipeline.check_corpus_fits(['word ' * 50] * 40, tok, seq_len=16, global_batch=8, packing='concat')
+
+
+def test_default_corpus_packs_above_95_percent():
+  docs, _ = sources.read_documents('default')
+  tok = tk.train_tokenizer(docs[:2000], vocab_size=2000, num_sentinels=10)
+  for packing, floor in (('concat', 0.999), ('first_fit', 0.95)):
+    batches = take(pipeline.make_dataset(docs, tok, seq_len=128, batch_size=16, packing=packing), 30)
+    assert pipeline.fill_rate(batches) >= floor, packing

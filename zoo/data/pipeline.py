@@ -1,0 +1,165 @@
+"""The input pipeline on grain: documents -> shuffled, host-sharded, tokenized, packed, batched.
+
+Every batch is a dict of int32 numpy arrays [batch, seq_len]:
+  tokens       token ids (0 = [PAD])
+  segment_ids  1, 2, ... for the documents packed into a row, 0 for padding
+  positions    position of each token inside its document piece (restarting at 0 in each segment)
+
+Packing (`packing=`):
+  'concat'     concatenate documents (each ending in [EOS]) and cut every seq_len tokens: no padding at all
+               (grain's ConcatThenSplitIterDataset); a document may continue in the next row
+  'first_fit'  whole documents (cut into seq_len pieces when longer) placed first-fit into rows, rest padded
+  'pad'        one document piece per row, padded
+
+The iterator's state is small and exact: `iterator.get_state()` / `set_state()`, or Orbax through
+`grain.checkpoint.CheckpointSave(iterator)`; a restored iterator yields exactly the batches the
+uninterrupted one would have.
+
+>>> from zoo.data import tokenizer as tk
+>>> docs = ['the cat sat on the mat', 'a dog', 'birds fly south in winter'] * 20
+>>> tok = tk.train_tokenizer(docs, vocab_size=290, num_sentinels=2)
+>>> ds = make_dataset(docs, tok, seq_len=16, batch_size=4, seed=0)
+>>> batch = next(iter(ds))
+>>> {k: v.shape for k, v in batch.items()}
+{'positions': (4, 16), 'segment_ids': (4, 16), 'tokens': (4, 16)}
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import grain
+import grain.experimental as ge
+import numpy as np
+
+from zoo.data import tokenizer as tk
+
+PACKINGS = ('concat', 'first_fit', 'pad')
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenize:
+  """text -> {'tokens': int32 ids}, with [EOS] closing each document (picklable for grain workers)."""
+  tokenizer: tk.Tokenizer
+  add_eos: bool = True
+
+  def __call__(self, text: str) -> dict:
+    ids = self.tokenizer.encode(text)
+    if self.add_eos:
+      ids.append(tk.EOS)
+    return {'tokens': np.asarray(ids, np.int32)}
+
+
+class _Chunk(ge.FlatMapTransform):
+  """Cut a document longer than seq_len into pieces of seq_len tokens (nothing is dropped)."""
+
+  def __init__(self, seq_len: int, max_fan_out: int):
+    self.seq_len, self.max_fan_out = seq_len, max_fan_out
+
+  def flat_map(self, element):
+    t = element['tokens']
+    return [{'tokens': t[i:i + self.seq_len]} for i in range(0, len(t), self.seq_len)]
+
+
+def _pad_row(seq_len: int):
+  def fn(element):
+    t = element['tokens']
+    out = np.zeros((3, seq_len), np.int32)
+    out[0, :len(t)] = t
+    out[1, :len(t)] = 1
+    out[2, :len(t)] = np.arange(len(t))
+    return {'tokens': out[0], 'segment_ids': out[1], 'positions': out[2]}
+  return fn
+
+
+def _rename(element):
+  return {'tokens': element['tokens'].astype(np.int32),
+          'segment_ids': element['tokens_segment_ids'].astype(np.int32),
+          'positions': element['tokens_positions'].astype(np.int32)}
+
+
+def _has_tokens(element) -> bool:
+  return len(element['tokens']) > 0
+
+
+def check_corpus_fits(docs: Sequence[str], tokenizer: tk.Tokenizer, seq_len: int, global_batch: int,
+                      packing: str, shard_count: int = 1) -> None:
+  """Refuse, with the fields to change, a training corpus that cannot fill one batch per epoch."""
+  need = global_batch * seq_len
+  if len(docs) > need:  # enough documents of at least one token each
+    return
+  tokens = sum(len(tokenizer.encode(d)) + 1 for d in docs)
+  rows = len(docs) if packing == 'pad' else math.ceil(tokens / seq_len)
+  if rows < global_batch or len(docs) < shard_count:
+    raise ValueError(
+        f'data.source is too small: one pass over its {len(docs)} training document(s) ({tokens:,} tokens) '
+        f'gives {rows} row(s) of train.seq_len={seq_len}, fewer than one batch of train.batch_size='
+        f'{global_batch}: add text, or lower train.batch_size or train.seq_len')
+
+
+def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
+                 packing: str = 'concat', shuffle: bool = True, num_epochs: int | None = None,
+                 shard_index: int = 0, shard_count: int = 1, num_workers: int = 0, prefetch: int = 2,
+                 add_eos: bool = True, pad_last_batch: bool = False, packing_bins: int = 128
+                 ) -> grain.IterDataset:
+  """A grain IterDataset of batches (see the module docstring).
+
+  batch_size is per process (the global batch / process count). num_epochs None repeats forever, each
+  epoch in a new order. shard_index / shard_count: this process's disjoint share of the documents.
+  num_workers > 0 tokenizes and packs in that many worker processes; otherwise a thread prefetches
+  `prefetch` batches. pad_last_batch (evaluation) fills the last, short batch with padding rows
+  (segment_ids 0) instead of dropping it. packing_bins: rows first_fit fills at once (more: fuller rows;
+  128 fills 98% of the default corpus at seq_len 128).
+  """
+  if packing not in PACKINGS:
+    raise ValueError(f'data.packing must be one of {PACKINGS}, got {packing!r}')
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index {shard_index} must be in [0, {shard_count})')
+  ds = grain.MapDataset.source(docs)
+  ds = ds[shard_index::shard_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  ds = ds.map(Tokenize(tokenizer, add_eos)).filter(_has_tokens)
+  it = ds.to_iter_dataset()
+  if packing == 'concat':
+    it = ge.ConcatThenSplitIterDataset(it, length_struct={'tokens': seq_len}).map(_rename)
+  else:
+    it = ge.FlatMapIterDataset(it, _Chunk(seq_len, max_fan_out=1 << 20))
+    if packing == 'first_fit':
+      it = ge.FirstFitPackIterDataset(it, length_struct={'tokens': seq_len},
+                                      num_packing_bins=max(batch_size, packing_bins),
+                                      seed=seed, shuffle_bins=shuffle).map(_rename)
+    else:
+      it = it.map(_pad_row(seq_len))
+  if pad_last_batch:
+    it = it.batch(batch_size, drop_remainder=False).map(_pad_batch(batch_size, seq_len))
+  else:
+    it = it.batch(batch_size, drop_remainder=True)
+  if num_workers > 0:
+    from absl import flags  # grain's workers read absl flags, which a plain Python program never parsed
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  elif prefetch > 0:
+    it = ge.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+  return it
+
+
+def _pad_batch(batch_size: int, seq_len: int):
+  def fn(batch):
+    n = batch['tokens'].shape[0]
+    if n == batch_size:
+      return batch
+    return {k: np.concatenate([v, np.zeros((batch_size - n, seq_len), v.dtype)]) for k, v in batch.items()}
+  return fn
+
+
+def fill_rate(batches) -> float:
+  """Fraction of token positions that hold a real token (segment_ids > 0)."""
+  real = total = 0
+  for b in batches:
+    real += int((b['segment_ids'] > 0).sum())
+    total += b['segment_ids'].size
+  return real / max(total, 1)

@@ -1,0 +1,275 @@
+"""Where text comes from. A source spec names it (the recipe field `data.source`):
+
+  default                      English prose every Python has: the docstrings of the standard library and the
+                               language reference of `pydoc_data` (about 2 MB; no network, no download)
+  text:<glob>                  plain-text files; one document per line, or per blank-line-separated
+                               paragraph block with data.text_mode='paragraph'
+  jsonl:<glob>:<field>         JSON Lines files, the text in `field`
+  tfds:<name>[:<field>]        a TensorFlow Datasets dataset (field 'text' by default), read from
+                               data.data_dir through array_record data sources (no TensorFlow needed), or
+                               through tf.data when the dataset was prepared as TFRecord and TensorFlow is there
+
+`read_documents` returns a random-access sequence of strings and a `Stats` of what was skipped or repaired:
+empty files, invalid UTF-8, over-long documents (cut into pieces, nothing dropped), bad JSON lines.
+Sources without their own validation split are split deterministically (the same documents every run,
+whatever the training seed).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import sys
+import sysconfig
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLIT_SEED = 20240101  # the train/validation split does not move with the training seed
+
+
+@dataclasses.dataclass
+class Stats:
+  """What reading a source found; `report()` says it in one line."""
+  source: str = ''
+  files: int = 0
+  documents: int = 0
+  characters: int = 0
+  empty_files: int = 0
+  invalid_utf8_lines: int = 0  # decoded with U+FFFD in place of the bad bytes
+  split_long_documents: int = 0  # documents over max_doc_chars, cut into pieces
+  bad_json_lines: int = 0  # skipped
+  missing_field_lines: int = 0  # skipped
+
+  def report(self) -> str:
+    issues = [f'{v} {k.replace("_", " ")}' for k, v in dataclasses.asdict(self).items()
+              if k not in ('source', 'files', 'documents', 'characters') and v]
+    return (f'{self.source}: {self.documents:,} documents, {self.characters:,} characters from '
+            f'{self.files} file(s)' + (f'; {", ".join(issues)}' if issues else ''))
+
+
+def _expand(pattern: str, field: str = 'data.source') -> list[str]:
+  files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+  files = [f for f in files if os.path.isfile(f)]
+  if not files:
+    raise FileNotFoundError(f'{field}: no file matches {pattern!r}; check the path (globs like '
+                            f'corpus/*.txt and corpus/**/*.txt work)')
+  return files
+
+
+def _decode_lines(path: str, stats: Stats) -> list[str]:
+  raw = pathlib.Path(path).read_bytes()
+  if not raw.strip():
+    stats.empty_files += 1
+    log.warning('%s is empty: skipped', path)
+    return []
+  lines = []
+  for line in raw.split(b'\n'):
+    try:
+      lines.append(line.decode('utf-8'))
+    except UnicodeDecodeError:
+      stats.invalid_utf8_lines += 1
+      lines.append(line.decode('utf-8', errors='replace'))
+  return lines
+
+
+def _add(docs: list[str], text: str, stats: Stats, max_doc_chars: int) -> None:
+  text = text.strip()
+  if not text:
+    return
+  if len(text) > max_doc_chars:
+    stats.split_long_documents += 1
+    docs.extend(text[i:i + max_doc_chars] for i in range(0, len(text), max_doc_chars))
+  else:
+    docs.append(text)
+
+
+def read_text(pattern: str, text_mode: str = 'line', max_doc_chars: int = 100_000) -> tuple[list[str], Stats]:
+  if text_mode not in ('line', 'paragraph'):
+    raise ValueError(f"data.text_mode must be 'line' or 'paragraph', got {text_mode!r}")
+  stats, docs = Stats(source=f'text:{pattern}'), []
+  for path in _expand(pattern):
+    stats.files += 1
+    lines = _decode_lines(path, stats)
+    if text_mode == 'line':
+      for line in lines:
+        _add(docs, line, stats, max_doc_chars)
+    else:
+      block: list[str] = []
+      for line in lines + ['']:
+        if line.strip():
+          block.append(line)
+        elif block:
+          _add(docs, '\n'.join(block), stats, max_doc_chars)
+          block = []
+  return docs, stats
+
+
+def read_jsonl(pattern: str, field: str, max_doc_chars: int = 100_000) -> tuple[list[str], Stats]:
+  stats, docs = Stats(source=f'jsonl:{pattern}:{field}'), []
+  for path in _expand(pattern):
+    stats.files += 1
+    for line in _decode_lines(path, stats):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        stats.bad_json_lines += 1
+        continue
+      if not isinstance(record, dict) or field not in record:
+        stats.missing_field_lines += 1
+        continue
+      _add(docs, str(record[field]), stats, max_doc_chars)
+  if stats.missing_field_lines and not docs:
+    raise ValueError(f'data.source: no line of {pattern} has the field {field!r}; name the JSON field that '
+                     f'holds the text, as jsonl:<glob>:<field>')
+  return docs, stats
+
+
+_DOC_SEP = '\n\x1e\n'  # ASCII record separator between documents in the cached file
+
+
+def default_corpus_text(cache_dir: str | None = None) -> str:
+  """The default corpus as one text (documents separated by _DOC_SEP), cached per Python version."""
+  cache_dir = cache_dir or os.environ.get('ZOO_CACHE', os.path.expanduser('~/.cache/zoo'))
+  version = '.'.join(map(str, sys.version_info[:3]))
+  path = os.path.join(cache_dir, f'default_corpus_v2_py{version}.txt')
+  if os.path.exists(path):
+    return pathlib.Path(path).read_text(encoding='utf-8')
+  docs = []
+  from pydoc_data.topics import topics  # the language reference, as `help()` shows it
+  docs.extend(topics[k] for k in sorted(topics))
+  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
+  skip = {'site-packages', 'dist-packages', 'test', 'tests', 'idlelib', 'lib2to3', 'turtledemo', 'pydoc_data'}
+  for path_ in sorted(root.rglob('*.py')):
+    if skip & set(path_.relative_to(root).parts):
+      continue
+    try:
+      tree = ast.parse(path_.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(node)
+        if doc and len(doc) >= 40:
+          docs.append(doc)
+  text = _DOC_SEP.join(d.strip() for d in docs)
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.tmp'
+  pathlib.Path(tmp).write_text(text, encoding='utf-8')
+  os.replace(tmp, path)
+  return text
+
+
+def read_default(max_doc_chars: int = 100_000, cache_dir: str | None = None) -> tuple[list[str], Stats]:
+  stats, docs = Stats(source='default', files=1), []
+  for block in default_corpus_text(cache_dir).split(_DOC_SEP):
+    _add(docs, block, stats, max_doc_chars)
+  return docs, stats
+
+
+class TfdsDocuments(Sequence[str]):
+  """Random access to the text field of a TFDS array_record data source (bytes decoded to str)."""
+
+  def __init__(self, source, field: str):
+    self._source, self._field = source, field
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    if not -len(self) <= i < len(self):
+      raise IndexError(i)
+    value = self._source[i % len(self)][self._field]
+    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
+
+
+def read_tfds(name: str, field: str, split: str, data_dir: str | None) -> tuple[Sequence[str], Stats]:
+  import tensorflow_datasets as tfds
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown name, or a registry that needs the network
+    raise ValueError(f'data.source tfds:{name}: TFDS cannot find this dataset ({e}); check the name '
+                     f'(`tfds.list_builders()`) and data.data_dir') from None
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'data.source tfds:{name} is not prepared in {where}, and zoo does not download: prepare it once on a '
+        f'machine with network (`tfds build {name} --file_format=array_record --data_dir=DIR`), copy DIR '
+        f'here and set data.data_dir=DIR')
+  if field not in builder.info.features:
+    raise ValueError(f'data.source tfds:{name} has no feature {field!r}; its features are '
+                     f'{list(builder.info.features)}: use tfds:{name}:<field>')
+  split = _tfds_split(builder, split, name)
+  stats = Stats(source=f'tfds:{name}:{field}[{split}]')
+  file_format = str(builder.info.file_format).lower()
+  if 'array_record' in file_format:
+    docs = TfdsDocuments(builder.as_data_source(split=split), field)
+  else:
+    try:
+      import tensorflow  # noqa: F401
+    except ImportError:
+      raise RuntimeError(
+          f'data.source tfds:{name} was prepared as {file_format}, which needs TensorFlow to read: '
+          f'`pip install tensorflow`, or prepare it again with --file_format=array_record') from None
+    docs = [x[field].decode('utf-8', errors='replace') if isinstance(x[field], bytes) else str(x[field])
+            for x in tfds.as_numpy(builder.as_dataset(split=split))]
+  stats.documents = len(docs)
+  return docs, stats
+
+
+def _tfds_split(builder, split: str, name: str) -> str:
+  splits = list(builder.info.splits)
+  if split in splits:
+    return split
+  if split == 'validation' and 'test' in splits:
+    return 'test'
+  raise ValueError(f'data.source tfds:{name} has no {split!r} split; its splits are {splits}')
+
+
+def split_indices(n: int, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed pseudo-random (train, validation) partition of range(n); at least one validation document."""
+  if not 0 < validation_fraction < 1:
+    raise ValueError(f'data.validation_fraction must be in (0, 1), got {validation_fraction}')
+  if n < 2:
+    raise ValueError(f'the corpus has {n} document(s): at least 2 are needed to hold one out for validation')
+  perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+  n_val = max(1, int(round(n * validation_fraction)))
+  return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def read_documents(source: str, *, split: str = 'train', data_dir: str | None = None,
+                   validation_fraction: float = 0.01, text_mode: str = 'line', max_doc_chars: int = 100_000,
+                   cache_dir: str | None = None) -> tuple[Sequence[str], Stats]:
+  """The documents of `split` ('train' or 'validation') of a source spec (see the module docstring)."""
+  if split not in ('train', 'validation'):
+    raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+  kind, _, rest = source.partition(':')
+  if kind == 'tfds':
+    name, _, field = rest.partition(':')
+    return read_tfds(name, field or 'text', split, data_dir)
+  if kind == 'default':
+    docs, stats = read_default(max_doc_chars, cache_dir)
+  elif kind == 'text' and rest:
+    docs, stats = read_text(rest, text_mode, max_doc_chars)
+  elif kind == 'jsonl' and rest.count(':') >= 1:
+    pattern, _, field = rest.rpartition(':')
+    docs, stats = read_jsonl(pattern, field, max_doc_chars)
+  else:
+    raise ValueError(f"data.source={source!r} is not a source: use 'default', 'text:<glob>', "
+                     f"'jsonl:<glob>:<field>' or 'tfds:<name>[:<field>]'")
+  if not docs:
+    raise ValueError(f'data.source={source!r} holds no text ({stats.report()}): point it at non-empty files')
+  train, val = split_indices(len(docs), validation_fraction)
+  chosen = [docs[i] for i in (train if split == 'train' else val)]
+  stats.documents, stats.characters = len(chosen), sum(map(len, chosen))
+  stats.source += f'[{split}]'
+  return chosen, stats

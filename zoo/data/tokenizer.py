@@ -1,0 +1,197 @@
+"""SentencePiece tokenizers (BPE or unigram) trained on the user's corpus, with zoo's special tokens at fixed ids.
+
+Ids every zoo tokenizer shares (the objectives rely on them):
+
+  0 [PAD]   1 [UNK]   2 [BOS]   3 [EOS]   4 [CLS]   5 [SEP]   6 [MASK]   7 [sop]   8 [eop]
+  9 .. 9+num_sentinels-1   T5 sentinels <extra_id_0>, <extra_id_1>, ...
+
+[sop] / [eop] open and close GLM's spans. Byte fallback makes every string round-trip (Chinese, emoji, control
+characters); normalization is the identity, so decode(encode(text)) == text exactly. A piece that starts
+with '▁' starts a word: that gives whole-word masking its boundaries for space-separated languages.
+
+Train from the command line:
+
+  python -m zoo.data.tokenizer --source='text:corpus/*.txt' --output=spm.model --vocab_size=8000
+
+>>> texts = ['hello world, this is zoo.', 'The quick brown fox jumps over the lazy dog!', '你好，世界。'] * 20
+>>> tok = train_tokenizer(texts, vocab_size=307, num_sentinels=4)
+>>> tok.decode(tok.encode('hello 世界 🙂')) == 'hello 世界 🙂'
+True
+>>> tok.piece(MASK), tok.sentinel(0), tok.piece(tok.sentinel(0))
+('[MASK]', 9, '<extra_id_0>')
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+SPECIALS = ('[PAD]', '[UNK]', '[BOS]', '[EOS]', '[CLS]', '[SEP]', '[MASK]', '[sop]', '[eop]')
+PAD, UNK, BOS, EOS, CLS, SEP, MASK, SOP, EOP = range(len(SPECIALS))
+FIRST_SENTINEL = len(SPECIALS)
+WORD_START = '\u2581'  # '▁'
+
+
+class Tokenizer:
+  """A SentencePiece model with zoo's special ids. Picklable (grain workers get their own copy)."""
+
+  def __init__(self, model_proto: bytes, path: str | None = None):
+    self.path = path
+    self._proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    if [self._sp.id_to_piece(i) for i in range(len(SPECIALS))] != list(SPECIALS):
+      raise ValueError(f'{path or "tokenizer"} is not a zoo tokenizer: ids 0..{len(SPECIALS) - 1} must be '
+                       f'{SPECIALS}; train one with `python -m zoo.data.tokenizer`')
+    n = 0
+    while FIRST_SENTINEL + n < self.vocab_size and self._sp.id_to_piece(FIRST_SENTINEL + n) == f'<extra_id_{n}>':
+      n += 1
+    self.num_sentinels = n
+    pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+    self._word_start = np.array([p.startswith(WORD_START) or i < FIRST_SENTINEL + n
+                                 for i, p in enumerate(pieces)])
+
+  @classmethod
+  def load(cls, path: str, model_vocab_size: int | None = None) -> 'Tokenizer':
+    """Reads a .model file; with model_vocab_size, checks that every id fits the model's embedding."""
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'tokenizer file {path} does not exist: set data.tokenizer to a SentencePiece '
+                              f"model file, or to 'train' to train one on data.source")
+    with open(path, 'rb') as f:
+      tok = cls(f.read(), path)
+    if model_vocab_size is not None:
+      tok.check_vocab_size(model_vocab_size)
+    return tok
+
+  def check_vocab_size(self, model_vocab_size: int) -> None:
+    if self.vocab_size > model_vocab_size:
+      raise ValueError(f'tokenizer {self.path or ""} has {self.vocab_size} pieces but model.vocab_size is '
+                       f'{model_vocab_size}: set model.vocab_size >= {self.vocab_size} (a multiple of 128 is '
+                       f'fastest on TPU), or train a smaller tokenizer (data.vocab_size)')
+
+  def save(self, path: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+      f.write(self._proto)
+    os.replace(tmp, path)  # never a half-written tokenizer
+    self.path = path
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def piece(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
+
+  def piece_id(self, piece: str) -> int:
+    return self._sp.piece_to_id(piece)
+
+  def sentinel(self, i: int) -> int:
+    """Id of T5's i-th sentinel <extra_id_i>."""
+    if not 0 <= i < self.num_sentinels:
+      raise ValueError(f'sentinel {i} out of range: this tokenizer has {self.num_sentinels} sentinels')
+    return FIRST_SENTINEL + i
+
+  def word_starts(self, ids) -> np.ndarray:
+    """True where a piece begins a word ('▁' prefix) or is a special token: whole-word masking's units."""
+    return self._word_start[np.asarray(ids)]
+
+  def is_special(self, ids) -> np.ndarray:
+    """True for [PAD] .. [eop] and the sentinels: never masked or corrupted."""
+    return np.asarray(ids) < FIRST_SENTINEL + self.num_sentinels
+
+  def __getstate__(self):
+    return {'model_proto': self._proto, 'path': self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state['model_proto'], state['path'])
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
+                    num_sentinels: int = 100, path: str | None = None, character_coverage: float = 0.9995,
+                    max_sentence_chars: int = 16384, input_sentence_size: int = 2_000_000,
+                    seed_field: str = 'data.vocab_size') -> Tokenizer:
+  """Trains a SentencePiece model ('unigram' or 'bpe') on `texts` (one string per document or line).
+
+  Lines longer than max_sentence_chars are cut into pieces (SentencePiece would skip them). If the corpus
+  cannot support `vocab_size`, the error says the largest size it can.
+  """
+  if model_type not in ('unigram', 'bpe'):
+    raise ValueError(f"tokenizer model_type must be 'unigram' or 'bpe', got {model_type!r}")
+  reserved = len(SPECIALS) + num_sentinels
+  if vocab_size < reserved + 256 + 8:
+    raise ValueError(f'{seed_field}={vocab_size} is too small: {reserved} ids are reserved for special '
+                     f'tokens and sentinels and 256 for byte fallback; use at least {reserved + 256 + 8}')
+
+  def lines():
+    for text in texts:
+      for line in text.split('\n'):
+        for i in range(0, len(line), max_sentence_chars):
+          if line[i:i + max_sentence_chars].strip():
+            yield line[i:i + max_sentence_chars]
+
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK],
+        bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
+        user_defined_symbols=list(SPECIALS[4:]) + [f'<extra_id_{i}>' for i in range(num_sentinels)],
+        byte_fallback=True, character_coverage=character_coverage, normalization_rule_name='identity',
+        remove_extra_whitespaces=False, split_digits=True, max_sentence_length=4 * max_sentence_chars,
+        input_sentence_size=input_sentence_size, shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
+        minloglevel=2)
+  except RuntimeError as e:
+    m = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
+    if m:
+      raise ValueError(f'{seed_field}={vocab_size} cannot hold every character of this corpus: set it to at '
+                       f'least {m.group(1)}') from None
+    m = re.search(r'value <= (\d+)', str(e))
+    if m:
+      raise ValueError(f'{seed_field}={vocab_size} is larger than this corpus supports: set it to at most '
+                       f'{m.group(1)}, or add text') from None
+    if 'no sentences' in str(e).lower() or 'empty' in str(e).lower():
+      raise ValueError('the corpus has no text to train a tokenizer on') from None
+    raise
+  tok = Tokenizer(model.getvalue())
+  if path:
+    tok.save(path)
+  return tok
+
+
+def main(argv=None):
+  from zoo.data import sources  # the CLI reads any source zoo knows
+  parser = argparse.ArgumentParser(prog='python -m zoo.data.tokenizer', description=__doc__.split('\n')[0])
+  parser.add_argument('--source', default='default',
+                      help="'default', 'text:<glob>', 'jsonl:<glob>:<field>' or 'tfds:<name>[:<field>]'")
+  parser.add_argument('--output', required=True, help='path of the .model file to write')
+  parser.add_argument('--vocab_size', type=int, default=8000)
+  parser.add_argument('--model_type', choices=('unigram', 'bpe'), default='unigram')
+  parser.add_argument('--num_sentinels', type=int, default=100)
+  parser.add_argument('--data_dir', default=None, help='TFDS data_dir')
+  args = parser.parse_args(argv)
+  try:
+    docs, stats = sources.read_documents(args.source, split='train', data_dir=args.data_dir)
+    print(stats.report())
+    tok = train_tokenizer(docs, args.vocab_size, model_type=args.model_type, num_sentinels=args.num_sentinels,
+                          path=args.output, seed_field='--vocab_size')
+  except (ValueError, FileNotFoundError) as e:
+    parser.exit(2, f'error: {e}\n')
+  print(f'wrote {args.output}: {tok.vocab_size} pieces ({args.model_type}), {tok.num_sentinels} sentinels')
+
+
+if __name__ == '__main__':
+  main()
