@@ -255,3 +255,39 @@ def test_default_corpus_packs_above_95_percent():
   for packing, floor in (('concat', 0.999), ('first_fit', 0.95)):
     batches = take(pipeline.make_dataset(docs, tok, seq_len=128, batch_size=16, packing=packing), 30)
     assert pipeline.fill_rate(batches) >= floor, packing
+
+
+def test_sentence_boundaries_survive_tokenizing_and_packing(tok):
+  text = 'The fox ran. The dog slept! 今天天气很好。我们去公园？ Done.'
+  starts = tk.sentence_starts(text)
+  pieces = [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+  assert pieces == ['The fox ran.', ' The dog slept!', ' 今天天气很好。', '我们去公园？', ' Done.']
+  ids, sentence_ids = tok.encode_sentences(text)
+  assert ids == tok.encode(text)
+  for n, piece in enumerate(pieces, start=1):  # the tokens of sentence n decode to sentence n
+    assert tok.decode(np.asarray(ids)[sentence_ids == n]) == piece.lstrip(' ')  # decode drops a leading '▁'
+  docs = [text, 'One. Two. Three.'] * 20
+  for packing in pipeline.PACKINGS:
+    batch = take(pipeline.make_dataset(docs, tok, seq_len=64, batch_size=2, packing=packing, sentences=True,
+                                       shuffle=False), 1)[0]
+    sent, seg = batch['sentence_ids'], batch['segment_ids']
+    assert ((sent == 0) == (seg == 0)).all()
+    row = batch['tokens'][0][(seg[0] == 1)]
+    first_doc = tok.decode(row[sent[0][seg[0] == 1] == 1])
+    assert first_doc in ('The fox ran.', 'One.'), (packing, first_doc)
+
+
+def test_get_tokenizer_trains_once_into_the_workdir(corpus, tmp_path):
+  calls = []
+
+  def documents():
+    calls.append(1)
+    return corpus
+  a = tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=400, num_sentinels=10)
+  b = tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=400, num_sentinels=10)
+  assert len(calls) == 1 and (tmp_path / 'tokenizer.model').exists()
+  assert a.encode(ENGLISH) == b.encode(ENGLISH)
+  with pytest.raises(ValueError, match='has 400 pieces but data.vocab_size is 500'):
+    tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=500)
+  c = tk.get_tokenizer(str(tmp_path / 'tokenizer.model'), workdir=None, documents=documents, vocab_size=0)
+  assert c.vocab_size == 400

@@ -1,4 +1,3 @@
-"""zoo's input side: SentencePiece tokenizers, text sources and the grain input pipeline."""
-from zoo.data.pipeline import PACKINGS, check_corpus_fits, fill_rate, make_dataset
-from zoo.data.sources import Stats, read_documents
-from zoo.data.tokenizer import Tokenizer, train_tokenizer
+"""zoo's input side: `tokenizer` (SentencePiece with fixed special ids), `sources` (text, JSONL, TFDS and the
+default corpus), `tfds_text` (a TFDS builder over local files) and `pipeline` (grain: shuffle, shard, pack,
+batch, resume). Import the submodules: `from zoo.data import pipeline, sources, tokenizer`."""

@@ -4,6 +4,7 @@ Every batch is a dict of int32 numpy arrays [batch, seq_len]:
   tokens       token ids (0 = [PAD])
   segment_ids  1, 2, ... for the documents packed into a row, 0 for padding
   positions    position of each token inside its document piece (restarting at 0 in each segment)
+  sentence_ids (with sentences=True) the sentence of each token inside its document, 1, 2, ... (0 = padding)
 
 Packing (`packing=`):
   'concat'     concatenate documents (each ending in [EOS]) and cut every seq_len tokens: no padding at all
@@ -40,15 +41,23 @@ PACKINGS = ('concat', 'first_fit', 'pad')
 
 @dataclasses.dataclass(frozen=True)
 class Tokenize:
-  """text -> {'tokens': int32 ids}, with [EOS] closing each document (picklable for grain workers)."""
+  """text -> {'tokens': int32 ids[, 'sentence_ids']}, [EOS] closing each document (picklable for workers)."""
   tokenizer: tk.Tokenizer
   add_eos: bool = True
+  sentences: bool = False
 
   def __call__(self, text: str) -> dict:
-    ids = self.tokenizer.encode(text)
+    if self.sentences:
+      ids, sentence_ids = self.tokenizer.encode_sentences(text)
+    else:
+      ids, sentence_ids = self.tokenizer.encode(text), None
     if self.add_eos:
       ids.append(tk.EOS)
-    return {'tokens': np.asarray(ids, np.int32)}
+    out = {'tokens': np.asarray(ids, np.int32)}
+    if sentence_ids is not None:  # [EOS] belongs to the last sentence
+      out['sentence_ids'] = np.append(sentence_ids, sentence_ids[-1:] if len(sentence_ids) else 1)[:len(ids)]
+      out['sentence_ids'] = out['sentence_ids'].astype(np.int32)
+    return out
 
 
 class _Chunk(ge.FlatMapTransform):
@@ -58,25 +67,32 @@ class _Chunk(ge.FlatMapTransform):
     self.seq_len, self.max_fan_out = seq_len, max_fan_out
 
   def flat_map(self, element):
-    t = element['tokens']
-    return [{'tokens': t[i:i + self.seq_len]} for i in range(0, len(t), self.seq_len)]
+    n = len(element['tokens'])
+    return [{k: v[i:i + self.seq_len] for k, v in element.items()} for i in range(0, n, self.seq_len)]
 
 
 def _pad_row(seq_len: int):
   def fn(element):
-    t = element['tokens']
-    out = np.zeros((3, seq_len), np.int32)
-    out[0, :len(t)] = t
-    out[1, :len(t)] = 1
-    out[2, :len(t)] = np.arange(len(t))
-    return {'tokens': out[0], 'segment_ids': out[1], 'positions': out[2]}
+    n = len(element['tokens'])
+    out = {'segment_ids': np.zeros(seq_len, np.int32), 'positions': np.zeros(seq_len, np.int32)}
+    out['segment_ids'][:n] = 1
+    out['positions'][:n] = np.arange(n)
+    for k, v in element.items():
+      out[k] = np.zeros(seq_len, np.int32)
+      out[k][:n] = v
+    return out
   return fn
 
 
 def _rename(element):
-  return {'tokens': element['tokens'].astype(np.int32),
-          'segment_ids': element['tokens_segment_ids'].astype(np.int32),
-          'positions': element['tokens_positions'].astype(np.int32)}
+  """grain's packers name their outputs tokens_segment_ids and tokens_positions (and the same for every
+  other packed feature, which are equal): keep one of each."""
+  out = {'segment_ids': element['tokens_segment_ids'].astype(np.int32),
+         'positions': element['tokens_positions'].astype(np.int32)}
+  for k, v in element.items():
+    if not k.endswith(('_segment_ids', '_positions')):
+      out[k] = v.astype(np.int32)
+  return out
 
 
 def _has_tokens(element) -> bool:
@@ -101,8 +117,8 @@ def check_corpus_fits(docs: Sequence[str], tokenizer: tk.Tokenizer, seq_len: int
 def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, batch_size: int, seed: int = 0,
                  packing: str = 'concat', shuffle: bool = True, num_epochs: int | None = None,
                  shard_index: int = 0, shard_count: int = 1, num_workers: int = 0, prefetch: int = 2,
-                 add_eos: bool = True, pad_last_batch: bool = False, packing_bins: int = 128
-                 ) -> grain.IterDataset:
+                 add_eos: bool = True, pad_last_batch: bool = False, packing_bins: int = 128,
+                 sentences: bool = False) -> grain.IterDataset:
   """A grain IterDataset of batches (see the module docstring).
 
   batch_size is per process (the global batch / process count). num_epochs None repeats forever, each
@@ -110,7 +126,7 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   num_workers > 0 tokenizes and packs in that many worker processes; otherwise a thread prefetches
   `prefetch` batches. pad_last_batch (evaluation) fills the last, short batch with padding rows
   (segment_ids 0) instead of dropping it. packing_bins: rows first_fit fills at once (more: fuller rows;
-  128 fills 98% of the default corpus at seq_len 128).
+  128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids`.
   """
   if packing not in PACKINGS:
     raise ValueError(f'data.packing must be one of {PACKINGS}, got {packing!r}')
@@ -121,14 +137,15 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.map(Tokenize(tokenizer, add_eos)).filter(_has_tokens)
+  ds = ds.map(Tokenize(tokenizer, add_eos, sentences)).filter(_has_tokens)
   it = ds.to_iter_dataset()
+  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len} if sentences else {})}
   if packing == 'concat':
-    it = ge.ConcatThenSplitIterDataset(it, length_struct={'tokens': seq_len}).map(_rename)
+    it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)
   else:
     it = ge.FlatMapIterDataset(it, _Chunk(seq_len, max_fan_out=1 << 20))
     if packing == 'first_fit':
-      it = ge.FirstFitPackIterDataset(it, length_struct={'tokens': seq_len},
+      it = ge.FirstFitPackIterDataset(it, length_struct=lengths,
                                       num_packing_bins=max(batch_size, packing_bins),
                                       seed=seed, shuffle_bins=shuffle).map(_rename)
     else:

@@ -26,7 +26,7 @@ import argparse
 import io
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -35,6 +35,25 @@ SPECIALS = ('[PAD]', '[UNK]', '[BOS]', '[EOS]', '[CLS]', '[SEP]', '[MASK]', '[so
 PAD, UNK, BOS, EOS, CLS, SEP, MASK, SOP, EOP = range(len(SPECIALS))
 FIRST_SENTINEL = len(SPECIALS)
 WORD_START = '\u2581'  # '▁'
+
+
+_SENTENCE_END = re.compile(r'[.!?]+[\'")\]]*(?=\s)|[。！？；]+[”’」』）]*|\n[ \t]*\n')
+
+
+def sentence_starts(text: str) -> list[int]:
+  """Character offsets where sentences begin: after . ! ? followed by white space, after the Chinese 。！？；
+  (no space needed), and at blank lines. The white space between two sentences opens the second, as
+  SentencePiece's '▁' does.
+
+  >>> text = 'One sentence. Two! 第三句。第四句？ End'
+  >>> [text[a:b] for a, b in zip(sentence_starts(text), sentence_starts(text)[1:] + [len(text)])]
+  ['One sentence.', ' Two!', ' 第三句。', '第四句？', ' End']
+  """
+  starts = [0]
+  for m in _SENTENCE_END.finditer(text):
+    if m.end() < len(text) and text[m.end():].strip() and m.end() > starts[-1]:
+      starts.append(m.end())
+  return starts
 
 
 class Tokenizer:
@@ -86,6 +105,19 @@ class Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
+
+  def encode_sentences(self, text: str) -> tuple[list[int], np.ndarray]:
+    """Token ids of the whole text (exactly as `encode`) and, for each token, its sentence number (1, 2, ...),
+    from `sentence_starts`: the boundaries NSP, SOP and sentence permutation need."""
+    proto = self._sp.encode(text, return_type='proto')
+    ids = [p.id for p in proto.pieces]
+    begins = np.fromiter((p.begin for p in proto.pieces), np.int64, len(ids))
+    byte_starts, offset, prev = [], 0, 0
+    for start in sentence_starts(text):
+      offset += len(text[prev:start].encode('utf-8'))
+      byte_starts.append(offset)
+      prev = start
+    return ids, np.searchsorted(np.asarray(byte_starts), begins, side='right').astype(np.int32)
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return self._sp.encode(list(texts))
@@ -169,6 +201,29 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
   tok = Tokenizer(model.getvalue())
   if path:
     tok.save(path)
+  return tok
+
+
+def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Iterable[str]], vocab_size: int,
+                  model_type: str = 'unigram', num_sentinels: int = 100,
+                  model_vocab_size: int | None = None) -> Tokenizer:
+  """The recipe's `data.tokenizer`: a SentencePiece .model path, or 'train' to train one on `documents()`
+  once and keep it as workdir/tokenizer.model (a rerun, a resume and evaluation load that file)."""
+  if spec != 'train':
+    return Tokenizer.load(spec, model_vocab_size)
+  if not workdir:
+    raise ValueError("data.tokenizer='train' keeps the trained tokenizer in the workdir: give a workdir")
+  path = os.path.join(workdir, 'tokenizer.model')
+  if os.path.exists(path):
+    tok = Tokenizer.load(path, model_vocab_size)
+    if tok.vocab_size != vocab_size:
+      raise ValueError(f'{path} has {tok.vocab_size} pieces but data.vocab_size is {vocab_size}: this workdir '
+                       f'belongs to another run; use a new --workdir, or set data.vocab_size={tok.vocab_size}')
+    return tok
+  os.makedirs(workdir, exist_ok=True)
+  tok = train_tokenizer(documents(), vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path)
+  if model_vocab_size is not None:
+    tok.check_vocab_size(model_vocab_size)
   return tok
 
 
