@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     'sentencepiece>=0.2.3',
     'tensorflow-datasets>=4.9.10',
     'ml_collections>=1.1.0',
+    'tensorboardX>=2.6.5',  # TensorBoard event files without TensorFlow
     'importlib_resources>=6.0',  # tensorflow-datasets needs it to prepare a local builder, and does not declare it
     'numpy>=1.26',
 ]

@@ -1,0 +1,26 @@
+"""GPT causal language modelling on the default corpus.
+
+  python train.py --config=configs/gpt.py:tiny --workdir=workdir/gpt
+  python train.py --config=configs/gpt.py:small --workdir=gs://bucket/gpt --config.model.dtype=bfloat16
+
+The argument picks the model size (zoo/models/gpt.py: tiny, small, medium, large, xl).
+"""
+from zoo.config import base_config
+
+
+def get_config(size: str = 'tiny'):
+  c = base_config()
+  c.model.family = 'gpt'
+  c.model.size = size or 'tiny'
+  c.model.scan_layers = False  # True: one compiled layer, compile time flat in depth (TPU, deep models)
+  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.objective.name = 'causal_lm'
+  c.data.vocab_size = 2000 if c.model.size == 'tiny' else 32000
+  c.train.steps = 300 if c.model.size == 'tiny' else 100_000
+  c.train.batch_size = 16 if c.model.size == 'tiny' else 256
+  c.train.seq_len = 128 if c.model.size == 'tiny' else 1024
+  c.optimizer.learning_rate = 3e-3 if c.model.size == 'tiny' else 6e-4
+  c.optimizer.warmup_steps = 30 if c.model.size == 'tiny' else 2000
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.b2 = 0.95
+  return c

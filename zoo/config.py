@@ -1,0 +1,109 @@
+"""The fields every recipe shares, with their defaults, and the checks made before anything compiles.
+
+A recipe (`configs/<name>.py`) starts from `base_config()` and sets the model, the objective and the sizes.
+Every field can be overridden on the command line: `--config.train.steps=500 --config.mesh.fsdp=4`.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from zoo import parallel
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, data order, masks and dropout all derive from it
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = 'gpt'  # a family of zoo.models: bert, albert, gpt, t5, bart, glm, rnn_lm, rnn_seq2seq
+  c.model.size = 'tiny'  # a size of that family (python -m zoo.models lists them)
+  c.model.vocab_size = -1  # -1: the tokenizer's size rounded up to a multiple of 128
+  c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on TPU/GPU; parameters stay float32
+  c.model.dropout_rate = 0.1
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = 'causal_lm'  # mlm, causal_lm or span_corruption (zoo.objectives)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'default'  # default, text:<glob>, jsonl:<glob>:<field> or tfds:<name>[:<field>]
+  c.data.data_dir = ''  # TFDS data_dir ('' = TFDS's default)
+  c.data.text_mode = 'line'  # text sources: a document per 'line' or per blank-line 'paragraph'
+  c.data.tokenizer = 'train'  # a SentencePiece .model path, or 'train' (on data.source; kept in the workdir)
+  c.data.vocab_size = 8000  # pieces of a trained tokenizer
+  c.data.tokenizer_type = 'unigram'  # or 'bpe'
+  c.data.num_sentinels = 100  # T5 sentinels a trained tokenizer reserves
+  c.data.packing = 'concat'  # concat (no padding), first_fit or pad
+  c.data.validation_fraction = 0.01  # held-out documents when the source has no validation split
+  c.data.num_workers = 0  # grain worker processes (0: a prefetch thread)
+  c.data.max_doc_chars = 100_000  # longer documents are cut into pieces
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000  # optimizer steps in all
+  c.train.batch_size = 32  # global batch, in sequences (split over processes and devices)
+  c.train.seq_len = 128  # tokens per sequence
+  c.train.microbatches = 1  # gradient accumulation: the batch is run in this many pieces per step
+  c.train.eval_every = 0  # evaluate every N steps (0: at the end only)
+  c.train.eval_batches = 20  # batches of the validation split per evaluation (0: all of it)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3  # peak learning rate
+  c.optimizer.warmup_steps = 100  # linear warm-up from 0
+  c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up
+  c.optimizer.decay_steps = -1  # where the decay ends (-1: train.steps); fix it to split one run in parts
+  c.optimizer.end_lr_fraction = 0.1  # final learning rate / peak
+  c.optimizer.weight_decay = 0.01  # AdamW decay, not applied to biases and norm scales
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.eps = 1e-8
+  c.optimizer.clip_norm = 1.0  # clip gradients to this global norm (0: no clipping)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500  # save every N steps (and always at the end and on SIGTERM)
+  c.checkpoint.keep = 3  # newest checkpoints kept
+  c.checkpoint.async_save = True  # write in the background while training goes on
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel size (-1: whatever the other axes leave)
+  c.mesh.fsdp = 1  # parameter/optimizer sharding (ZeRO-3 style)
+  c.mesh.tensor = 1  # tensor (Megatron) parallelism
+  c.mesh.devices = -1  # use the first N devices (-1: all); single-process runs only
+  c.mesh.rules = parallel.LOGICAL_RULES  # logical axis name -> mesh axis
+  c.parallelism = 'jit'  # 'jit' (sharded over the mesh) or 'pmap' (data-parallel, replicated)
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''  # host:port of process 0 ('' : TPU pods detect themselves)
+  c.distributed.num_processes = 0  # with coordinator_address
+  c.distributed.process_id = -1  # with coordinator_address
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every = 10  # progress line and metrics.jsonl row every N steps
+  c.log.tensorboard = True  # event files in the workdir (no TensorFlow needed)
+  c.log.peak_flops = 0.0  # per device, for MFU (0: looked up from the device kind)
+  return c
+
+
+def check(config: ml_collections.ConfigDict, num_processes: int = 1) -> None:
+  """Refuse, before anything compiles, a configuration that cannot run, naming the field and the fix."""
+  t = config.train
+  for field in ('steps', 'batch_size', 'seq_len', 'microbatches'):
+    if t[field] <= 0:
+      raise ValueError(f'train.{field}={t[field]} must be positive')
+  if config.parallelism not in ('jit', 'pmap'):
+    raise ValueError(f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
+  if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ValueError(f"model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
+  if t.batch_size % (num_processes * t.microbatches):
+    raise ValueError(f'train.batch_size={t.batch_size} does not split over {num_processes} process(es) x '
+                     f'train.microbatches={t.microbatches}: make it a multiple of {num_processes * t.microbatches}')
+
+
+def check_batch(config: ml_collections.ConfigDict, data_ways: int, where: str) -> None:
+  """The batch (each micro-batch) must split evenly over the data-parallel devices."""
+  t = config.train
+  per_micro = t.batch_size // t.microbatches
+  if per_micro % data_ways:
+    raise ValueError(
+        f'train.batch_size={t.batch_size} (per micro-batch {per_micro}) does not divide over the {data_ways} '
+        f'data-parallel devices ({where}): make train.batch_size a multiple of {data_ways * t.microbatches}')

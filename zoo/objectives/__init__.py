@@ -1,0 +1,35 @@
+"""Pretraining objectives by name: each turns a batch of token ids into an example and a loss.
+
+>>> obj = make('causal_lm', vocab_size=100, num_special=9)
+>>> ex = obj.example(obj.dummy_batch(2, 8), np.random.default_rng(0))
+>>> ex['targets'].shape, float(ex['weights'].sum())
+((2, 8), 14.0)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from zoo.objectives.base import Objective, cross_entropy
+from zoo.objectives.causal_lm import CausalLm
+from zoo.objectives.mlm import Mlm
+from zoo.objectives.span_corruption import SpanCorruption
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    'causal_lm': CausalLm,
+    'mlm': Mlm,
+    'span_corruption': SpanCorruption,
+}
+
+
+def make(name: str, **fields) -> Objective:
+  """The objective `name` with its fields (vocab_size and num_special, plus its own options)."""
+  if name not in OBJECTIVES:
+    raise ValueError(f'objective.name={name!r} is not an objective; choose one of {sorted(OBJECTIVES)}')
+  cls = OBJECTIVES[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'objective {name} has no field(s) {unknown}; its fields are {sorted(known)}')
+  return cls(**fields)

@@ -1,0 +1,63 @@
+"""The interface every objective implements, and the cross-entropy they share.
+
+An objective turns a batch from the input pipeline (int32 numpy arrays `tokens`, `segment_ids`,
+`positions` [B, T]) into a training example on the host (`example`, seeded per step, so a resumed run
+draws the same masks), says which arrays the model takes (`inputs`), and scores the model's output
+(`terms`: per loss term, the summed loss and the number of predictions that are correct; `counts`: per term,
+how many predictions there are). The trainer divides the sums by the counts of the *global* batch, so the
+loss does not depend on how the batch is split over devices or micro-batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def cross_entropy(logits, labels, weights):
+  """Summed token cross-entropy and number of correct argmax predictions, both weighted.
+
+  logits [..., V] (float32), labels [...] int, weights [...] (0 or 1). Returns (loss_sum, correct_sum).
+  """
+  logits = logits.astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  weights = weights.astype(jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+
+@dataclasses.dataclass
+class Objective:
+  """Base class: subclasses fill in example / inputs / terms / counts."""
+  vocab_size: int  # the tokenizer's: random replacement tokens are drawn below it
+  num_special: int  # ids [0, num_special) are special tokens and sentinels: never masked or corrupted
+
+  name = 'objective'
+  perplexity = False  # report exp(loss): true for language-model losses
+
+  def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
+    raise NotImplementedError
+
+  def inputs(self, example) -> dict[str, Any]:
+    """The model's keyword arguments."""
+    raise NotImplementedError
+
+  def terms(self, outputs, example) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """term name -> (loss sum, correct sum)."""
+    raise NotImplementedError
+
+  def counts(self, example) -> dict[str, jax.Array]:
+    """term name -> number of predictions (the loss's denominator)."""
+    raise NotImplementedError
+
+  def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
+    """A well-formed batch of the right shapes, for shape inference and compilation."""
+    ids = np.full((batch_size, seq_len), self.num_special, np.int32)
+    return {'tokens': ids, 'segment_ids': np.ones_like(ids),
+            'positions': np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape).copy()}

@@ -1,0 +1,52 @@
+"""The optimizer: optax AdamW with warm-up and cosine / linear decay, decay masked off biases and norm scales,
+and clipping by global norm.
+
+>>> from zoo.config import base_config
+>>> tx, schedule = make_optimizer(base_config().optimizer, total_steps=1000)
+>>> [round(float(schedule(step)), 6) for step in (0, 50, 100, 1000)]  # warm-up, peak, cosine to 10%
+[0.0, 0.0005, 0.001, 0.0001]
+"""
+from __future__ import annotations
+
+import flax
+import jax
+import optax
+
+
+def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+  decay_steps = cfg.decay_steps if cfg.decay_steps > 0 else total_steps
+  peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_fraction
+  warmup = cfg.warmup_steps
+  decay_steps = max(decay_steps, warmup + 1)  # a run shorter than its warm-up still gets a schedule
+  if cfg.decay == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end)
+  rest = max(decay_steps - warmup, 1)
+  if cfg.decay == 'linear':
+    after = optax.linear_schedule(peak, end, rest)
+  elif cfg.decay == 'constant':
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"optimizer.decay={cfg.decay!r}: use 'cosine', 'linear' or 'constant'")
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params):
+  """True for the parameters weight decay applies to: not biases, not norm scales."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {path: path[-1] not in ('bias', 'scale', 'mlm_bias') for path in flat})
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Build once and reuse: two separate optax.adamw objects give mismatched pytrees (JAX_NOTES)."""
+  schedule = make_schedule(cfg, total_steps)
+  parts = []
+  if cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=lambda p: decay_mask(flax.linen.unbox(p))))
+  return optax.chain(*parts), schedule
+
+
+def global_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
