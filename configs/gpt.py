@@ -5,13 +5,12 @@
 
 The argument picks the model size (zoo/models/gpt.py: tiny, small, medium, large, xl).
 """
-from zoo.config import base_config
+from zoo.config import base_config, set_model
 
 
 def get_config(size: str = 'tiny'):
   c = base_config()
-  c.model.family = 'gpt'
-  c.model.size = size or 'tiny'
+  set_model(c, 'gpt', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer, compile time flat in depth (TPU, deep models)
   c.model.remat = False  # True: recompute activations in the backward pass (less memory)
   c.objective.name = 'causal_lm'

@@ -84,6 +84,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_model(c: ml_collections.ConfigDict, family: str, size: str) -> None:
+  """Name the model and copy its size's fields into config.model, so each can be overridden on the command
+  line (--config.model.num_layers=4). Pick the size itself with the recipe argument (configs/gpt.py:small)."""
+  from zoo import models  # models import nothing from here
+  if family not in models.FAMILIES:
+    raise ValueError(f'model.family={family!r}: choose one of {sorted(models.FAMILIES)}')
+  sizes = models.FAMILIES[family].sizes
+  if size not in sizes:
+    raise ValueError(f'no size {size!r} for {family}: choose one of {list(sizes)}')
+  c.model.family, c.model.size = family, size
+  for key, value in sizes[size].items():
+    if key != 'vocab_size':  # model.vocab_size follows the tokenizer unless set
+      c.model[key] = value
+
+
 def check(config: ml_collections.ConfigDict, num_processes: int = 1) -> None:
   """Refuse, before anything compiles, a configuration that cannot run, naming the field and the fix."""
   t = config.train

@@ -49,4 +49,4 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
 
 
 def global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)

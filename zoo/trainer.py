@@ -238,8 +238,11 @@ def init_state(run: Run) -> TrainState:
 
 
 def _replicate(run: Run, tree):
+  """One copy per local device, stacked on a leading axis (what pmap takes)."""
   local = [d for d in run.devices if d.process_index == jax.process_index()]
-  return jax.device_put_replicated(tree, local)
+  sharding = NamedSharding(jax.sharding.Mesh(np.array(local), ('batch',)), P('batch'))
+  return jax.tree.map(
+      lambda x: jax.device_put(jnp.broadcast_to(x[None], (len(local), *x.shape)), sharding), tree)
 
 
 def _unreplicate(tree):

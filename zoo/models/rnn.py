@@ -47,7 +47,11 @@ class RnnLm(nn.Module):
   dtype: common.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True, decode: bool = False):
+  def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True,
+               decode: bool = False):
+    """segment_ids and positions are accepted for a common interface and not used: an RNN LM reads a packed
+    row as one stream of text, its state flowing across document boundaries (as PTB LMs were trained)."""
+    del segment_ids, positions
     token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name='token_embed')
     x = nn.Dropout(self.dropout_rate)(token_embed(tokens), deterministic=deterministic)
     x, _ = recurrent.StackedRNN(self.cell, self.hidden_dim, self.num_layers, dropout_rate=self.dropout_rate,

@@ -1,0 +1,177 @@
+"""train.py end to end on 8 simulated devices: every recipe learns; parallelisms agree; resume is exact (also
+after SIGTERM); checkpoints restore on other topologies; bad configurations stop early with a clear message."""
+import importlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from zoo import checkpoint as ckpt
+from zoo import trainer
+from zoo.data import sources
+from zoo.data import tokenizer as tk
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope='module')
+def tokenizer_path(tmp_path_factory):
+  """One tokenizer on the default corpus for every run here (training one per run would dominate)."""
+  docs, _ = sources.read_documents('default')
+  path = str(tmp_path_factory.mktemp('tok') / 'spm.model')
+  tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=path)
+  return path
+
+
+def recipe(name, tokenizer_path, **overrides):
+  c = importlib.import_module(f'configs.{name}').get_config('tiny')
+  c.data.tokenizer = tokenizer_path
+  c.data.vocab_size = 1000
+  c.train.seq_len = 64
+  c.train.batch_size = 16
+  c.train.eval_batches = 2
+  c.log.every = 1
+  c.log.tensorboard = False
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def losses(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+def final_params(workdir, step):
+  c = ckpt.Checkpointer(workdir, async_save=False)
+  state = c.manager.restore(step)['state']
+  c.close()
+  return state['params']
+
+
+@pytest.mark.parametrize('name', ['gpt', 'bert', 't5', 'lstm', 'gru', 'rnn'])
+def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
+  assert jax.device_count() == 8
+  steps = 40
+  c = recipe(name, tokenizer_path, **{'train.steps': steps, 'model.dropout_rate': 0.0})
+  metrics = trainer.train_and_evaluate(c, str(tmp_path))
+  curve = losses(tmp_path)
+  first = np.mean([curve[s] for s in (1, 2, 3)])
+  last = np.mean([curve[s] for s in range(steps - 4, steps + 1)])
+  assert last < first - 0.5, (first, last)
+  assert json.load(open(tmp_path / 'eval.json'))['loss'] == pytest.approx(metrics['loss'])
+  assert metrics['loss'] < first
+  assert (tmp_path / 'checkpoints' / str(steps)).exists()
+
+
+def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_path):
+  base = {'train.steps': 5, 'model.dropout_rate': 0.0, 'checkpoint.every': 100, 'train.eval_batches': 1}
+  layouts = {
+      'one_device': {'mesh.devices': 1},
+      'data8': {'mesh.data': 8},
+      'fsdp8': {'mesh.data': 1, 'mesh.fsdp': 8},
+      'mixed': {'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2},
+      'pmap': {'parallelism': 'pmap'},
+      'accumulate': {'mesh.data': 4, 'mesh.fsdp': 2, 'train.microbatches': 2},
+  }
+  curves = {}
+  for name, layout in layouts.items():
+    trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **base, **layout), str(tmp_path / name))
+    curves[name] = [losses(tmp_path / name)[s] for s in range(1, 6)]
+  for name, curve in curves.items():
+    np.testing.assert_allclose(curve, curves['one_device'], rtol=1e-5, err_msg=name)
+  assert curves['one_device'][-1] < curves['one_device'][0]
+
+
+def _run_cli(workdir, tokenizer_path, steps, extra=()):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  args = [sys.executable, str(ROOT / 'train.py'), '--config=' + str(ROOT / 'configs/gpt.py') + ':tiny',
+          f'--workdir={workdir}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
+          '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.log.every=1',
+          '--config.log.tensorboard=False', f'--config.train.steps={steps}', '--config.optimizer.decay_steps=20',
+          '--config.checkpoint.every=10', '--config.train.eval_batches=1', *extra]
+  return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_is_exact_also_after_sigterm(tokenizer_path, tmp_path):
+  common = {'optimizer.decay_steps': 20, 'checkpoint.every': 10, 'train.eval_batches': 1}
+  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'once'))
+  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 10}), str(tmp_path / 'split'))
+  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'split'))
+  once, split = losses(tmp_path / 'once'), losses(tmp_path / 'split')
+  assert [once[s] for s in range(1, 21)] == [split[s] for s in range(1, 21)]
+  a, b = final_params(tmp_path / 'once', 20), final_params(tmp_path / 'split', 20)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+  # SIGTERM in the middle of a run (train.py in a subprocess), then the same command again
+  work = tmp_path / 'preempted'
+  proc = _run_cli(work, tokenizer_path, 20)
+  metrics = work / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.2)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out
+  assert 'checkpoint saved' in out
+  stopped = max(int(p.name) for p in (work / 'checkpoints').iterdir() if p.name.isdigit())
+  assert 4 <= stopped < 20
+  proc = _run_cli(work, tokenizer_path, 20)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert f'resumed from step {stopped}' in out
+  resumed = losses(work)
+  assert [resumed[s] for s in range(1, 21)] == [once[s] for s in range(1, 21)]
+  for x, y in zip(jax.tree.leaves(final_params(work, 20)), jax.tree.leaves(a)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_fsdp_checkpoint_evaluates_on_other_topologies(tokenizer_path, tmp_path):
+  train = recipe('bert', tokenizer_path, **{'train.steps': 6, 'mesh.data': 1, 'mesh.fsdp': 8})
+  trained = trainer.train_and_evaluate(train, str(tmp_path))
+  for layout in ({'mesh.devices': 1}, {'mesh.data': 4, 'mesh.fsdp': 2}, {'parallelism': 'pmap'}):
+    c = recipe('bert', tokenizer_path, **{'train.steps': 6, **layout})
+    got = trainer.train_and_evaluate(c, str(tmp_path), mode='eval')
+    assert got['step'] == 6
+    assert got['loss'] == pytest.approx(trained['loss'], rel=1e-5), layout
+
+
+def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
+  cases = [
+      ({'model.num_heads': 5}, r'model.num_heads=5 does not divide model.embed_dim=64'),
+      ({'mesh.data': 3}, r'mesh.data x mesh.fsdp x mesh.tensor = 3 but there are 8 devices'),
+      ({'train.batch_size': 12}, r'train.batch_size=12 .* does not divide over the 8 data-parallel devices'),
+      ({'parallelism': 'pmap', 'train.batch_size': 4}, r'does not divide over the 8 data-parallel devices \(pmap\)'),
+      ({'train.batch_size': 8, 'train.microbatches': 3}, r'train.microbatches=3'),
+      ({'model.vocab_size': 512}, r'has 1000 pieces but model.vocab_size is 512'),
+      ({'objective.mask_rate': 0.2, 'objective.name': 'causal_lm'}, r"objective causal_lm has no field\(s\) \['mask_rate'\]"),
+  ]
+  for overrides, message in cases:
+    c = recipe('gpt', tokenizer_path)
+    for key in list(overrides):
+      if key.startswith('objective.') and key != 'objective.name':
+        c.objective[key.split('.')[1]] = overrides.pop(key)
+    for key, value in overrides.items():
+      section, field = key.split('.') if '.' in key else (None, key)
+      (c[section] if section else c)[field] = value
+    with pytest.raises(ValueError, match=message):
+      trainer.build(c, str(tmp_path))
+  # an unknown override on the command line names the field
+  proc = _run_cli(tmp_path / 'x', tokenizer_path, 1, extra=['--config.model.hiddne=3'])
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0 and 'hiddne' in out
