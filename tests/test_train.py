@@ -55,8 +55,9 @@ def losses(workdir):
 
 
 def final_params(workdir, step):
+  import orbax.checkpoint as ocp
   c = ckpt.Checkpointer(workdir, async_save=False)
-  state = c.manager.restore(step)['state']
+  state = c.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   c.close()
   return state['params']
 
@@ -96,7 +97,9 @@ def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_
 
 
 def _run_cli(workdir, tokenizer_path, steps, extra=()):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  # the same JAX settings as this process (conftest.py), so the two compile the same programs
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1', JAX_DEFAULT_MATMUL_PRECISION='highest')
   args = [sys.executable, str(ROOT / 'train.py'), '--config=' + str(ROOT / 'configs/gpt.py') + ':tiny',
           f'--workdir={workdir}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
           '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.log.every=1',
