@@ -143,7 +143,7 @@ def test_default_corpus_is_real_offline_text():
   assert text.count(' the ') > 100  # English prose, not code
 
 
-def test_tfds_builder_without_tensorflow(tmp_path):
+def test_tfds_builder_without_tensorflow(tmp_path, monkeypatch):
   (tmp_path / 'c.txt').write_text('\n'.join(f'sentence number {i}' for i in range(40)))
   builder = tfds_text.prepare(str(tmp_path / '*.txt'), data_dir=str(tmp_path / 'tfds'), validation_fraction=0.25)
   name = f'zoo_text/{builder.builder_config.name}'
@@ -156,6 +156,14 @@ def test_tfds_builder_without_tensorflow(tmp_path):
     sources.read_documents('tfds:lm1b', data_dir=str(tmp_path / 'empty'))
   with pytest.raises(ValueError, match="has no feature 'body'"):
     sources.read_documents(f'tfds:{name}:body', data_dir=str(tmp_path / 'tfds'))
+
+  class TfRecordInfo:  # the same dataset as if prepared in TFRecord format, which needs TensorFlow to read
+    file_format = 'tfrecord'
+    splits = builder.info.splits
+  monkeypatch.setattr(type(builder), 'info', property(lambda self: TfRecordInfo()))
+  with pytest.raises(RuntimeError, match=r'was prepared as tfrecord, which needs TensorFlow to read: '
+                                         r'`pip install tensorflow`, or prepare it again with --file_format=array_record'):
+    sources.read_prepared(builder, name, 'text', 'train')
 
 
 # ---------------------------------------------------------------- pipeline

@@ -67,7 +67,8 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert jax.device_count() == 8
   steps = 40
   c = recipe(name, tokenizer_path, **{'train.steps': steps, 'model.dropout_rate': 0.0,
-                                      'train.seq_len': 32 if name in ('lstm', 'gru', 'rnn') else 64})
+                                      'train.seq_len': 32 if name in ('lstm', 'gru', 'rnn') else 64,
+                                      'log.tensorboard': name == 'gpt'})
   metrics = trainer.train_and_evaluate(c, str(tmp_path))
   curve = losses(tmp_path)
   first = np.mean([curve[s] for s in (1, 2, 3)])
@@ -76,6 +77,8 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert json.load(open(tmp_path / 'eval.json'))['loss'] == pytest.approx(metrics['loss'])
   assert metrics['loss'] < first
   assert (tmp_path / 'checkpoints' / str(steps)).exists()
+  if name == 'gpt':  # TensorBoard event files, written without TensorFlow
+    assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
 
 
 def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_path):

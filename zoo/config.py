@@ -54,9 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_steps = -1  # where the decay ends (-1: train.steps); fix it to split one run in parts
   c.optimizer.end_lr_fraction = 0.1  # final learning rate / peak
   c.optimizer.weight_decay = 0.01  # AdamW decay, not applied to biases and norm scales
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.98
-  c.optimizer.eps = 1e-8
+  c.optimizer.b1 = 0.9  # Adam's first-moment decay
+  c.optimizer.b2 = 0.98  # Adam's second-moment decay (0.95-0.999)
+  c.optimizer.eps = 1e-8  # Adam's epsilon
   c.optimizer.clip_norm = 1.0  # clip gradients to this global norm (0: no clipping)
 
   c.checkpoint = ml_collections.ConfigDict()

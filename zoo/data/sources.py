@@ -208,6 +208,12 @@ def read_tfds(name: str, field: str, split: str, data_dir: str | None) -> tuple[
   if field not in builder.info.features:
     raise ValueError(f'data.source tfds:{name} has no feature {field!r}; its features are '
                      f'{list(builder.info.features)}: use tfds:{name}:<field>')
+  return read_prepared(builder, name, field, split)
+
+
+def read_prepared(builder, name: str, field: str, split: str) -> tuple[Sequence[str], Stats]:
+  """A prepared TFDS dataset's text: array_record by index (no TensorFlow), TFRecord through tf.data."""
+  import tensorflow_datasets as tfds
   split = _tfds_split(builder, split, name)
   stats = Stats(source=f'tfds:{name}:{field}[{split}]')
   file_format = str(builder.info.file_format).lower()
