@@ -182,3 +182,30 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
   proc = _run_cli(tmp_path / 'x', tokenizer_path, 1, extra=['--config.model.hiddne=3'])
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode != 0 and 'hiddne' in out
+
+
+def test_two_processes_train_one_mesh(tokenizer_path, tmp_path):
+  """Multi-host on one machine: two processes of 4 CPU devices each join one 8-device mesh through
+  jax.distributed; each feeds its own half of the global batch; process 0 writes the logs."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+    args = [sys.executable, str(ROOT / 'train.py'), '--config=' + str(ROOT / 'configs/gpt.py') + ':tiny',
+            f'--workdir={tmp_path}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
+            '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.train.steps=12',
+            '--config.log.every=1', '--config.log.tensorboard=False', '--config.train.eval_batches=1',
+            '--config.mesh.data=4', '--config.mesh.fsdp=2', '--config.model.dropout_rate=0.0',
+            f'--config.distributed.coordinator_address=localhost:{port}',
+            '--config.distributed.num_processes=2', f'--config.distributed.process_id={pid}']
+    procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert '8 cpu device(s)' in outs[0] and 'step 12/12' in outs[0]
+  assert 'step 12/12' not in outs[1]  # only process 0 reports
+  curve = losses(tmp_path)
+  assert curve[12] < curve[1] - 0.3
+  assert (tmp_path / 'checkpoints' / '12').exists() and (tmp_path / 'eval.json').exists()

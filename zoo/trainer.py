@@ -548,7 +548,7 @@ def _train(run: Run, checkpointer) -> dict:
        f'batch {cfg.train.batch_size} x {cfg.train.seq_len} | {len(run.devices)} {run.devices[0].platform} '
        f'device(s), {"pmap" if run.pmap else dict(run.mesh.shape)} | workdir {run.workdir}')
   step = start
-  t_log, steps_since, t_first = time.time(), 0, None
+  t_log, steps_since = time.time(), 0
   last = {}
   with _Preemption() as preempt:
     while step < cfg.train.steps:
@@ -559,8 +559,7 @@ def _train(run: Run, checkpointer) -> dict:
       steps_since += 1
       if step == start + 1:
         jax.block_until_ready(metrics)
-        t_first = time.time()  # after the first step's compilation
-        t_log, steps_since = t_first, 0
+        t_log, steps_since = time.time(), 0  # speed is measured after the first step's compilation
       if step % cfg.log.every == 0 or step == cfg.train.steps or preempt.requested or step == start + 1:
         m = jax.device_get(_unreplicate(metrics) if run.pmap else metrics)
         m = {k: float(v) for k, v in m.items()}
