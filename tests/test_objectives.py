@@ -131,3 +131,72 @@ def test_unknown_objective_and_fields():
     objectives.make('mlmm', vocab_size=V, num_special=SPECIAL)
   with pytest.raises(ValueError, match=r"objective mlm has no field\(s\) \['noise_density'\]"):
     objectives.make('mlm', vocab_size=V, num_special=SPECIAL, noise_density=0.1)
+
+
+def word_batch(rng, b=16, t=128, word_starts=None):
+  """Rows whose pieces form words: ids 100.. start a word, ids 20..99 continue one."""
+  tokens = np.where(rng.random((b, t)) < 0.6, rng.integers(100, V, (b, t)), rng.integers(20, 100, (b, t)))
+  tokens = tokens.astype(np.int32)
+  tokens[:, 0] = tk.CLS
+  tokens[:, -1] = tk.EOS
+  seg = np.ones((b, t), np.int32)
+  seg[:2, -20:] = 0
+  tokens[:2, -20:] = 0
+  return {'tokens': tokens, 'segment_ids': seg, 'positions': np.zeros_like(seg)}
+
+
+WORD_STARTS = np.arange(V) >= 100
+
+
+def test_whole_word_masking_never_masks_part_of_a_word():
+  obj = objectives.make('mlm', vocab_size=V, num_special=SPECIAL, masking='whole_word', word_starts=WORD_STARTS)
+  rng = np.random.default_rng(4)
+  chosen_total = maskable_total = 0
+  for step in range(20):
+    batch = word_batch(rng)
+    ex = obj.example(batch, np.random.default_rng(step))
+    for row in range(16):
+      tokens, seg = batch['tokens'][row], batch['segment_ids'][row]
+      ok = (seg > 0) & (tokens >= SPECIAL)
+      chosen = set(ex['mlm_positions'][row][ex['mlm_weights'][row] > 0])
+      for word in obj.words(tokens, ok):
+        inside = [int(i) in chosen for i in word]
+        assert all(inside) or not any(inside), word  # all of a word, or none of it
+      assert all(ok[i] for i in chosen)
+      # every chosen position belongs to a whole word: a continuation piece comes with its word start
+      for i in chosen:
+        if not WORD_STARTS[tokens[i]]:
+          assert i - 1 in chosen or not ok[i - 1]
+      chosen_total += len(chosen)
+      maskable_total += ok.sum()
+  assert abs(chosen_total / maskable_total - 0.15) < 0.01
+
+
+def test_span_masking_lengths_follow_the_clipped_geometric():
+  obj = objectives.make('mlm', vocab_size=V, num_special=SPECIAL, masking='span', word_starts=WORD_STARTS)
+  rng = np.random.default_rng(5)
+  lengths = []
+  for step in range(200):
+    tokens = word_batch(rng, b=1, t=512)['tokens'][0]
+    ok = tokens >= SPECIAL
+    obj._choose_words(tokens, ok, int(0.15 * ok.sum()), np.random.default_rng(step), spans=lengths)
+  expected = (1 - 0.8 ** 10) / 0.2  # E[min(Geometric(0.2), 10)] = sum_{k<10} 0.8^k = 4.46
+  assert max(lengths) == 10 and min(lengths) >= 1
+  assert abs(np.mean(lengths) - expected) < 0.25, np.mean(lengths)
+  # and through `example`: whole words only, about 15% of the tokens
+  batch = word_batch(rng)
+  ex = obj.example(batch, np.random.default_rng(0))
+  assert abs(ex['mlm_weights'].sum() / ((batch['segment_ids'] > 0) & (batch['tokens'] >= SPECIAL)).sum()
+             - 0.15) < 0.02
+
+
+def test_static_masking_repeats_per_example():
+  static = objectives.make('mlm', vocab_size=V, num_special=SPECIAL, dynamic=False)
+  batch = random_batch(np.random.default_rng(6))
+  a = static.example(batch, np.random.default_rng(1))
+  b = static.example(batch, np.random.default_rng(2))
+  np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  # the same row in another batch (another position) gets the same mask
+  moved = {k: v[::-1].copy() for k, v in batch.items()}
+  c = static.example(moved, np.random.default_rng(3))
+  np.testing.assert_array_equal(c['tokens'][::-1], a['tokens'])

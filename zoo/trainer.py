@@ -174,6 +174,8 @@ def build(config, workdir: str) -> Run:
   obj_fields = {k: v for k, v in config.objective.items() if k != 'name'}
   if config.objective.name == 'span_corruption':
     obj_fields['num_sentinels'] = tok.num_sentinels
+  if config.objective.name == 'mlm':
+    obj_fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
   objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size,
                               num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **obj_fields)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
