@@ -200,3 +200,54 @@ def test_static_masking_repeats_per_example():
   moved = {k: v[::-1].copy() for k, v in batch.items()}
   c = static.example(moved, np.random.default_rng(3))
   np.testing.assert_array_equal(c['tokens'][::-1], a['tokens'])
+
+
+def doc_batch(rng, b=8, t=128):
+  """Packed rows of documents whose tokens name their document and sentence: 1000 + 100 d + 10 s + k."""
+  tokens = np.zeros((b, t), np.int32)
+  seg = np.zeros((b, t), np.int32)
+  sent = np.zeros((b, t), np.int32)
+  doc = 0
+  for row in range(b):
+    pos, s = 0, 1
+    while pos < t - 4:
+      n_sent = int(rng.integers(1, 6))
+      for k in range(1, n_sent + 1):
+        n = min(int(rng.integers(2, 8)), t - pos)
+        tokens[row, pos:pos + n] = 1000 + 100 * doc + 10 * k + np.arange(n)
+        seg[row, pos:pos + n] = s
+        sent[row, pos:pos + n] = k
+        pos += n
+        if pos >= t:
+          break
+      doc, s = doc + 1, s + 1
+  return {'tokens': tokens, 'segment_ids': seg, 'sentence_ids': sent, 'positions': np.zeros_like(seg)}
+
+
+@pytest.mark.parametrize('task', ['nsp', 'sop'])
+def test_sentence_pairs(task):
+  obj = objectives.make(task, vocab_size=100_000, num_special=SPECIAL, mask_rate=0.0)
+  rng = np.random.default_rng(7)
+  positives = total = 0
+  for step in range(30):
+    ex = obj.example(doc_batch(rng), np.random.default_rng(step))
+    for row in range(ex['tokens'].shape[0]):
+      tokens, types = ex['tokens'][row], ex['token_types'][row]
+      seps = np.flatnonzero(tokens == tk.SEP)
+      assert tokens[0] == tk.CLS and len(seps) == 2 and seps[1] == (tokens > 0).sum() - 1
+      a, b = tokens[1:seps[0]], tokens[seps[0] + 1:seps[1]]
+      assert (types[:seps[0] + 1] == 0).all() and (types[seps[0] + 1:seps[1] + 1] == 1).all()
+      assert len(a) and len(b)
+      doc = lambda x: set((x - 1000) // 100)  # noqa: E731
+      order = lambda x: (x - 1000) % 100  # noqa: E731 (10 * sentence + k: increases along a document)
+      label = ex['pair_labels'][row]
+      if label == 1:  # B follows A in the same document
+        assert doc(a) == doc(b) and len(doc(a)) == 1 and order(b).min() > order(a).max()
+      elif task == 'nsp':  # B from another document
+        assert len(doc(a)) == 1 and not doc(a) & doc(b)
+      else:  # SOP: the same document, swapped
+        assert doc(a) == doc(b) and order(a).min() > order(b).max()
+      positives += label
+      total += 1
+  assert within(positives, total, 0.5)
+  assert ex['pair_weights'].sum() == ex['tokens'].shape[0]

@@ -62,7 +62,8 @@ def final_params(workdir, step):
   return state['params']
 
 
-@pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 't5', 'lstm', 'gru', 'rnn'])
+@pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'lstm', 'gru',
+                                  'rnn'])
 def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert jax.device_count() == 8
   steps = 40

@@ -174,7 +174,7 @@ def build(config, workdir: str) -> Run:
   obj_fields = {k: v for k, v in config.objective.items() if k != 'name'}
   if config.objective.name == 'span_corruption':
     obj_fields['num_sentinels'] = tok.num_sentinels
-  if config.objective.name == 'mlm':
+  if config.objective.name in ('mlm', 'nsp', 'sop'):
     obj_fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
   objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size,
                               num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **obj_fields)
@@ -365,7 +365,7 @@ def evaluate(run: Run, params, eval_step=None, docs=None) -> dict:
   ds = pipeline.make_dataset(docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
                              packing=cfg.data.packing, shuffle=False, num_epochs=None if n_batches > 0 else 1,
                              shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             pad_last_batch=True, prefetch=0)
+                             pad_last_batch=True, prefetch=0, sentences=run.objective.needs_sentences)
   sums: dict[str, float] = {}
   it = iter(ds)
   for i in range(n_batches if n_batches > 0 else 1 << 30):
@@ -533,7 +533,8 @@ def _train(run: Run, checkpointer) -> dict:
   val_docs = read(cfg, 'validation')
   ds = pipeline.make_dataset(train_docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
                              seed=cfg.seed, packing=cfg.data.packing, shard_index=jax.process_index(),
-                             shard_count=jax.process_count(), num_workers=cfg.data.num_workers)
+                             shard_count=jax.process_count(), num_workers=cfg.data.num_workers,
+                             sentences=run.objective.needs_sentences)
   data_iter = iter(ds)
   start = checkpointer.latest_step()
   if start is not None:

@@ -1,0 +1,25 @@
+"""ALBERT: factorized embeddings and shared layers, trained with MLM + sentence-order prediction (SOP: the
+two pieces of a pair in order, or swapped).
+
+  python train.py --config=configs/albert.py:tiny --workdir=workdir/albert
+  python train.py --config=configs/albert.py:base --workdir=DIR --config.model.dtype=bfloat16
+
+The argument picks the size (zoo/models/albert.py: tiny, base, large, xlarge, xxlarge).
+"""
+from configs import bert
+from zoo.config import set_model
+
+
+def get_config(size: str = 'tiny'):
+  c = bert.get_config(size if size in ('tiny', 'base', 'large') else 'large')
+  for key in list(c.model.keys()):
+    if key not in ('family', 'size', 'vocab_size', 'dtype', 'dropout_rate', 'remat'):
+      del c.model[key]
+  set_model(c, 'albert', size or 'tiny')  # family and size; every size field can be overridden
+  c.model.dropout_rate = 0.0  # ALBERT v2
+  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.objective.name = 'sop'
+  c.objective.pair_task = 'sop'
+  c.objective.positive_rate = 0.5  # pairs in order
+  c.optimizer.learning_rate = 2e-3 if (size or 'tiny') == 'tiny' else 1.76e-3  # LAMB's in the paper
+  return c

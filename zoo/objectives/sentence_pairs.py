@@ -1,0 +1,115 @@
+"""BERT's MLM + next-sentence prediction (NSP) and ALBERT's MLM + sentence-order prediction (SOP).
+
+Each example is "[CLS] A [SEP] B [SEP]" with token types 0 (A) and 1 (B), cut from the documents of the batch
+at their sentence boundaries (the pipeline's `sentence_ids`):
+  NSP: B is the text that follows A in the same document half of the time (label 1), and text from another
+       document otherwise (label 0);
+  SOP: B follows A half of the time (label 1); otherwise the same two pieces come swapped (label 0).
+Then MLM masking (any of Mlm's modes) applies to A and B. The loss is the MLM loss plus the pair loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from zoo.data import tokenizer as tk
+from zoo.objectives.base import Batch, cross_entropy
+from zoo.objectives.mlm import Mlm
+
+
+def documents(batch: Batch, num_special: int) -> list[list[np.ndarray]]:
+  """The batch's documents (each packed segment of each row) as lists of sentences of ordinary tokens."""
+  docs = []
+  for tokens, seg, sent in zip(batch['tokens'], batch['segment_ids'], batch['sentence_ids']):
+    for s in np.unique(seg[seg > 0]):
+      in_doc = seg == s
+      sentences = [tokens[in_doc & (sent == k)] for k in np.unique(sent[in_doc])]
+      sentences = [x[x >= num_special] for x in sentences]
+      docs.append([x for x in sentences if len(x)])
+  return [d for d in docs if d]
+
+
+def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, rng) -> tuple[np.ndarray, np.ndarray]:
+  """BERT's truncate_seq_pair: drop tokens from the longer piece, at its front or back at random."""
+  while len(a) + len(b) > limit:
+    if len(a) >= len(b):
+      a = a[1:] if rng.random() < 0.5 else a[:-1]
+    else:
+      b = b[1:] if rng.random() < 0.5 else b[:-1]
+  return a, b
+
+
+@dataclasses.dataclass
+class MlmNsp(Mlm):
+  pair_task: str = 'nsp'  # 'nsp' (B from another document) or 'sop' (A and B swapped)
+  positive_rate: float = 0.5  # fraction of pairs in order (label 1)
+
+  name = 'nsp'
+  needs_sentences = True
+
+  def pair(self, docs, rng, limit: int):
+    """(A, B, label): A and B as token arrays, label 1 when B follows A."""
+    d = int(rng.integers(len(docs)))
+    doc = docs[d]
+    if len(doc) == 1:  # one sentence: split it in two pieces
+      cut = max(1, len(doc[0]) // 2)
+      doc = [doc[0][:cut], doc[0][cut:]] if len(doc[0]) > 1 else [doc[0], doc[0][:0]]
+    split = int(rng.integers(1, len(doc)))
+    a, b = np.concatenate(doc[:split]), np.concatenate(doc[split:])
+    label = int(rng.random() < self.positive_rate)
+    if not label:
+      if self.pair_task == 'sop':
+        a, b = b, a
+      elif len(docs) > 1:  # NSP: B from another document, from a random sentence on
+        other = docs[(d + int(rng.integers(1, len(docs)))) % len(docs)]
+        b = np.concatenate(other[int(rng.integers(len(other))):])
+      else:
+        label = 1  # a batch of one document has no other document to draw from
+    a, b = truncate_pair(a, b, limit, rng)
+    return a, b, label
+
+  def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
+    if self.pair_task not in ('nsp', 'sop'):
+      raise ValueError(f"objective.pair_task={self.pair_task!r}: use 'nsp' or 'sop'")
+    b, t = batch['tokens'].shape
+    docs = documents(batch, self.num_special)
+    tokens = np.zeros((b, t), np.int32)
+    types = np.zeros((b, t), np.int32)
+    labels = np.zeros((b,), np.int32)
+    weights = np.zeros((b,), np.float32)
+    for row in range(b):
+      if not docs:
+        continue
+      a, bb, labels[row] = self.pair(docs, rng, t - 3)
+      pair = np.concatenate([[tk.CLS], a, [tk.SEP], bb, [tk.SEP]]).astype(np.int32)
+      tokens[row, :len(pair)] = pair
+      types[row, len(a) + 2:len(pair)] = 1
+      weights[row] = 1.0
+    seg = (tokens > 0).astype(np.int32)
+    positions = np.where(seg > 0, np.arange(t, dtype=np.int32)[None], 0)
+    out = super().example({'tokens': tokens, 'segment_ids': seg, 'positions': positions}, rng)
+    out.update(token_types=types, pair_labels=labels, pair_weights=weights)
+    return out
+
+  def inputs(self, example):
+    return {**super().inputs(example), 'token_types': example['token_types']}
+
+  def terms(self, outputs, example):
+    return {**super().terms(outputs, example),
+            self.pair_task: cross_entropy(outputs['nsp_logits'], example['pair_labels'], example['pair_weights'])}
+
+  def counts(self, example):
+    return {**super().counts(example), self.pair_task: example['pair_weights'].sum()}
+
+  def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
+    batch = super().dummy_batch(batch_size, seq_len)
+    batch['sentence_ids'] = np.broadcast_to((np.arange(seq_len) >= seq_len // 2) + 1, (batch_size, seq_len))
+    batch['sentence_ids'] = batch['sentence_ids'].astype(np.int32)
+    return batch
+
+
+@dataclasses.dataclass
+class MlmSop(MlmNsp):
+  pair_task: str = 'sop'
+  name = 'sop'
