@@ -251,3 +251,50 @@ def test_sentence_pairs(task):
       total += 1
   assert within(positives, total, 0.5)
   assert ex['pair_weights'].sum() == ex['tokens'].shape[0]
+
+
+def test_denoising_with_no_noise_reconstructs_exactly():
+  obj = objectives.make('denoising', vocab_size=100_000, num_special=SPECIAL, infill_rate=0.0,
+                        permute_rate=0.0)
+  batch = doc_batch(np.random.default_rng(8))
+  batch['tokens'] = np.where(np.roll(batch['segment_ids'], -1, 1) != batch['segment_ids'],
+                             np.where(batch['segment_ids'] > 0, tk.EOS, 0), batch['tokens'])  # docs end in [EOS]
+  ex = obj.example(batch, np.random.default_rng(0))
+  np.testing.assert_array_equal(ex['tokens'], ex['targets'])
+  np.testing.assert_array_equal(ex['targets'], np.where(batch['segment_ids'] > 0, batch['tokens'], 0))
+  np.testing.assert_array_equal(ex['decoder_tokens'][:, 1:], ex['targets'][:, :-1])
+  assert (ex['decoder_tokens'][:, 0] == tk.BOS).all()
+
+
+def test_denoising_rates():
+  rng = np.random.default_rng(9)
+  x = np.arange(100, 100 + 2000, dtype=np.int32)
+  deleting = objectives.make('denoising', vocab_size=V, num_special=SPECIAL, delete_rate=0.2, infill_rate=0.0,
+                             permute_rate=0.0)
+  kept = sum(len(deleting.noise([x], rng)) for _ in range(10))
+  assert within(20000 - kept, 20000, 0.2)
+  masking = objectives.make('denoising', vocab_size=V, num_special=SPECIAL, mask_rate=0.1, infill_rate=0.0,
+                            permute_rate=0.0)
+  out = np.concatenate([masking.noise([x], rng) for _ in range(10)])
+  assert len(out) == 20000 and within((out == tk.MASK).sum(), 20000, 0.1)
+  infilling = objectives.make('denoising', vocab_size=V, num_special=SPECIAL, infill_rate=0.3, permute_rate=0.0)
+  spans = []
+  for _ in range(10):
+    before = len(spans)
+    y = infilling.infill(x, rng, spans)
+    kept = y[y != tk.MASK]
+    assert (np.diff(kept) > 0).all() and set(kept) <= set(x)  # order kept, nothing invented
+    assert (y == tk.MASK).sum() == len(spans) - before  # one [MASK] per span
+    removed = 2000 - len(kept)
+    assert abs(removed / 2000 - 0.3) < 0.01
+  assert abs(np.mean(spans) - 3.0) < 0.25  # Poisson(3) span lengths, zero-length insertions included
+  permuting = objectives.make('denoising', vocab_size=V, num_special=SPECIAL, infill_rate=0.0, permute_rate=1.0)
+  sentences = [np.arange(10 * k, 10 * k + 5, dtype=np.int32) + 100 for k in range(6)]
+  y = permuting.noise(sentences, rng)
+  assert sorted(y) == sorted(np.concatenate(sentences)) and not np.array_equal(y, np.concatenate(sentences))
+  assert {tuple(y[i:i + 5]) for i in range(0, 30, 5)} == {tuple(s) for s in sentences}  # whole sentences moved
+  rotating = objectives.make('denoising', vocab_size=V, num_special=SPECIAL, infill_rate=0.0, permute_rate=0.0,
+                             rotate_rate=1.0)
+  y = rotating.noise([x[:50]], rng)
+  start = int(np.flatnonzero(y == x[0])[0])
+  np.testing.assert_array_equal(np.roll(y, -start), x[:50])

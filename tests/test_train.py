@@ -62,13 +62,14 @@ def final_params(workdir, step):
   return state['params']
 
 
-@pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'lstm', 'gru',
+@pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart',
+                                  'rnn_seq2seq', 'lstm', 'gru',
                                   'rnn'])
 def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert jax.device_count() == 8
   steps = 40
   c = recipe(name, tokenizer_path, **{'train.steps': steps, 'model.dropout_rate': 0.0,
-                                      'train.seq_len': 32 if name in ('lstm', 'gru', 'rnn') else 64,
+                                      'train.seq_len': 32 if name in ('lstm', 'gru', 'rnn', 'rnn_seq2seq') else 64,
                                       'log.tensorboard': name == 'gpt'})
   metrics = trainer.train_and_evaluate(c, str(tmp_path))
   curve = losses(tmp_path)

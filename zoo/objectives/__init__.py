@@ -13,12 +13,14 @@ import numpy as np
 
 from zoo.objectives.base import Objective, cross_entropy
 from zoo.objectives.causal_lm import CausalLm
+from zoo.objectives.denoising import Denoising
 from zoo.objectives.mlm import Mlm
 from zoo.objectives.sentence_pairs import MlmNsp, MlmSop
 from zoo.objectives.span_corruption import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {
     'causal_lm': CausalLm,
+    'denoising': Denoising,  # BART: the decoder reconstructs a corrupted document
     'mlm': Mlm,
     'nsp': MlmNsp,  # MLM + next-sentence prediction (BERT)
     'sop': MlmSop,  # MLM + sentence-order prediction (ALBERT)
