@@ -1,7 +1,7 @@
 """GPT causal language modelling on the default corpus.
 
   python train.py --config=configs/gpt.py:tiny --workdir=workdir/gpt
-  python train.py --config=configs/gpt.py:small --workdir=gs://bucket/gpt --config.model.dtype=bfloat16
+  python train.py --config=configs/gpt.py:small --workdir=/mnt/disks/persist/gpt --config.model.dtype=bfloat16
 
 The argument picks the model size (zoo/models/gpt.py: tiny, small, medium, large, xl).
 """

@@ -193,6 +193,9 @@ def test_packed_documents_do_not_see_each_other(family):
   changed = out(tokens.at[:, 4:].set((tokens[:, 4:] + 3) % (V - 1) + 1), seg, pos)
   assert close(both[:, :4], changed[:, :4])
   assert not close(both[:, 4:], changed[:, 4:])
+  earlier = out(tokens.at[:, :4].set((tokens[:, :4] + 3) % (V - 1) + 1), seg, pos)  # the first document
+  assert close(both[:, 4:], earlier[:, 4:])  # the second document does not see it
+  assert not close(both[:, :4], earlier[:, :4])
 
 
 def test_t5_packed_pairs_equal_separate_pairs():

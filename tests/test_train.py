@@ -158,6 +158,10 @@ def test_fsdp_checkpoint_evaluates_on_other_topologies(tokenizer_path, tmp_path)
     got = trainer.train_and_evaluate(c, str(tmp_path), mode='eval')
     assert got['step'] == 6
     assert got['loss'] == pytest.approx(trained['loss'], rel=1e-5), layout
+  # training on in this workdir with another seed would not continue this run: refused
+  with pytest.raises(ValueError, match=r"seed is 1 but the checkpoints in .* were made with 0"):
+    trainer.train_and_evaluate(recipe('bert', tokenizer_path, **{'train.steps': 8, 'seed': 1, 'mesh.data': 1,
+                                                                 'mesh.fsdp': 8}), str(tmp_path))
 
 
 def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
@@ -168,6 +172,9 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
       ({'parallelism': 'pmap', 'train.batch_size': 4}, r'does not divide over the 8 data-parallel devices \(pmap\)'),
       ({'train.batch_size': 8, 'train.microbatches': 3}, r'train.microbatches=3'),
       ({'model.vocab_size': 512}, r'has 1000 pieces but model.vocab_size is 512'),
+      ({'train.seq_len': 256}, r'train.seq_len=256 is longer than model.max_len=128'),
+      ({'objective.name': 'mlm'}, r"objective.name='mlm' trains \['albert', 'bert'\], not model.family='gpt'"),
+      ({'log.every': 0}, r'log.every=0 must be positive'),
       ({'objective.mask_rate': 0.2, 'objective.name': 'causal_lm'}, r"objective causal_lm has no field\(s\) \['mask_rate'\]"),
   ]
   for overrides, message in cases:

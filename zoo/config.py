@@ -105,6 +105,10 @@ def check(config: ml_collections.ConfigDict, num_processes: int = 1) -> None:
   for field in ('steps', 'batch_size', 'seq_len', 'microbatches'):
     if t[field] <= 0:
       raise ValueError(f'train.{field}={t[field]} must be positive')
+  for field in ('log.every', 'checkpoint.every', 'checkpoint.keep'):
+    section, name = field.split('.')
+    if config[section][name] <= 0:
+      raise ValueError(f'{field}={config[section][name]} must be positive')
   if config.parallelism not in ('jit', 'pmap'):
     raise ValueError(f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):

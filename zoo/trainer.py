@@ -91,8 +91,12 @@ def maybe_initialize_distributed(config) -> None:
   if jax.distributed.is_initialized():
     return
   if address:
-    jax.distributed.initialize(address, num_processes=d.num_processes or int(os.environ['JAX_NUM_PROCESSES']),
-                               process_id=d.process_id if d.process_id >= 0 else int(os.environ['JAX_PROCESS_ID']))
+    num = d.num_processes or int(os.environ.get('JAX_NUM_PROCESSES', 0))
+    pid = d.process_id if d.process_id >= 0 else int(os.environ.get('JAX_PROCESS_ID', -1))
+    if num <= 0 or pid < 0:
+      raise ValueError('distributed.coordinator_address is set: also set distributed.num_processes and '
+                       'distributed.process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)')
+    jax.distributed.initialize(address, num_processes=num, process_id=pid)
   elif len([h for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1:
     jax.distributed.initialize()
 
@@ -171,6 +175,10 @@ def build(config, workdir: str) -> Run:
   fields.update(vocab_size=vocab, dtype=_dtype(m.dtype))
   model = models.get_model(m.family, m.size, **fields)
   tok.check_vocab_size(vocab)
+  max_len = getattr(model, 'max_len', None)
+  if max_len is not None and getattr(model, 'position', 'learned') == 'learned' and config.train.seq_len > max_len:
+    raise ValueError(f'train.seq_len={config.train.seq_len} is longer than model.max_len={max_len} (learned '
+                     f'positions): lower train.seq_len or raise model.max_len')
   obj_fields = {k: v for k, v in config.objective.items() if k != 'name'}
   if config.objective.name == 'span_corruption':
     obj_fields['num_sentinels'] = tok.num_sentinels
@@ -178,6 +186,9 @@ def build(config, workdir: str) -> Run:
     obj_fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
   objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size,
                               num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **obj_fields)
+  if objective.families and m.family not in objective.families:
+    raise ValueError(f'objective.name={config.objective.name!r} trains {sorted(objective.families)}, not '
+                     f'model.family={m.family!r}: pick a matching recipe from configs/')
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
 
   devices = _devices(config)
@@ -274,12 +285,15 @@ def make_train_step(run: Run):
     if axis:
       counts = jax.lax.psum(counts, axis)
     rng = jax.random.fold_in(rng, state.step)
+    if axis:  # under pmap each device draws its own dropout masks, as its shard would under jit
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
     grad_fn = jax.value_and_grad(
         lambda p, mb, r: _losses(run, p, mb, r, counts, deterministic), has_aux=True)
     if n_micro == 1:
       (loss, terms), grads = grad_fn(state.params, example, rng)
     else:  # gradient accumulation: sums over micro-batches, divided by the global counts
-      micro = jax.tree.map(lambda x: x.reshape(n_micro, -1, *x.shape[1:]), example)
+      # micro-batch i takes every n_micro-th row, so each holds rows of every data-parallel device
+      micro = jax.tree.map(lambda x: x.reshape(-1, n_micro, *x.shape[1:]).swapaxes(0, 1), example)
 
       def body(carry, xs):
         mb, i = xs
@@ -473,6 +487,30 @@ def _save_config(config, workdir: str) -> None:
     os.replace(path + '.tmp', path)
 
 
+# Fields that decide which batches, masks and parameters a run sees: a resumed run must keep them.
+_RESUME_FIELDS = ('seed', 'train.batch_size', 'train.seq_len', 'train.microbatches', 'data.source', 'data.packing',
+                  'data.tokenizer', 'data.vocab_size', 'model', 'objective', 'optimizer.decay_steps')
+
+
+def _check_same_run(config, workdir: str) -> None:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  for field in _RESUME_FIELDS:
+    a, b = saved, now
+    for part in field.split('.'):
+      a, b = (a or {}).get(part), (b or {}).get(part)
+    if a != b:
+      raise ValueError(f'{field} is {b!r} but the checkpoints in {workdir} were made with {a!r}: resuming would '
+                       f'not continue that run. Use a new --workdir, or set {field} back')
+  if saved.get('optimizer', {}).get('decay_steps', -1) == -1 and saved['train']['steps'] != now['train']['steps']:
+    raise ValueError(f"train.steps changed from {saved['train']['steps']} to {now['train']['steps']} and the "
+                     f'learning-rate schedule follows it: to extend or split a run, fix optimizer.decay_steps')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train') -> dict:
   """Train (resuming from the newest checkpoint in workdir) and evaluate; or, with mode='eval', restore the
   newest checkpoint onto the devices present and evaluate. Returns the final eval metrics (also written to
@@ -487,6 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   try:
     if mode == 'eval':
       return _eval_only(run, checkpointer)
+    if checkpointer.latest_step() is not None:
+      _check_same_run(config, workdir)
     _save_config(config, workdir)
     return _train(run, checkpointer)
   finally:
@@ -495,9 +535,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
 
 def _restore_state(run: Run, checkpointer, step: int, data_iter=None):
   if run.pmap:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.
-                                                          SingleDeviceSharding(run.devices[0])),
-                          run.abstract_state)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), run.abstract_state)
     return _replicate(run, checkpointer.restore(step, target, data_iter))
   target = ckpt.abstract_with_shardings(run.abstract_state, run.state_shardings)
   return checkpointer.restore(step, target, data_iter)
@@ -589,6 +628,9 @@ def _train(run: Run, checkpointer) -> dict:
         t_log, steps_since = now, 0
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
         writer.write(step, evaluate(run, state.params, eval_step, val_docs), prefix='eval_')
+      if jax.process_count() > 1:  # every process must stop at the same step
+        from jax.experimental import multihost_utils
+        preempt.requested = bool(multihost_utils.process_allgather(np.array(preempt.requested)).any())
       if preempt.requested:
         checkpointer.save(step, _unreplicate(state) if run.pmap else state, data_iter, force=True)
         checkpointer.wait()

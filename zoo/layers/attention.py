@@ -91,7 +91,8 @@ class MultiHeadAttention(nn.Module):
   Self-attention when `kv` is None, cross-attention otherwise. With `decode=True` (self-attention only),
   keys and values are written into a cache ('cache' collection) at the running index; the default mask is
   then causal over the cache slots. Initialise the cache by calling `init` with decode=True on a
-  full-length input.
+  full-length input; that length is the most it holds (a write past it is clamped onto the last slot, so a
+  caller must stop at the cache length).
 
   >>> mha = MultiHeadAttention(num_heads=2, head_dim=4)
   >>> x = jnp.ones((1, 3, 8))

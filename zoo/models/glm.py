@@ -67,8 +67,8 @@ class Glm(nn.Module):
     else:
       q_idx = k_idx = jnp.arange(t)
     mask = glm_mask(context_length, q_idx, k_idx)
-    if segment_ids is not None and not decode:
-      mask = mask & attention.padding_mask(segment_ids > 0)
+    if segment_ids is not None and not decode:  # packed rows: each document sees only itself
+      mask = mask & attention.segment_mask(segment_ids)
     positions = jnp.broadcast_to(q_idx, (b, t)) if positions is None else positions
     block_positions = jnp.zeros_like(tokens) if block_positions is None else block_positions
 

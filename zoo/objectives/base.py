@@ -41,6 +41,7 @@ class Objective:
   name = 'objective'
   perplexity = False  # report exp(loss): true for language-model losses
   needs_sentences = False  # the batch must carry sentence_ids (the pipeline's sentences=True)
+  families = ()  # model families this objective trains (empty: any)
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     raise NotImplementedError

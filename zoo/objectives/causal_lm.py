@@ -12,6 +12,7 @@ from zoo.objectives.base import Batch, Objective, cross_entropy
 class CausalLm(Objective):
   """Next-token loss. The last token of a document (and of a row) has no target; padding has none."""
   name = 'causal_lm'
+  families = ('gpt', 'rnn_lm', 'glm')
   perplexity = True
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:

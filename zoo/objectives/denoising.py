@@ -31,6 +31,7 @@ class Denoising(Objective):
   rotate_rate: float = 0.0
 
   name = 'denoising'
+  families = ('bart', 't5', 'rnn_seq2seq')
   perplexity = True
   needs_sentences = True
 

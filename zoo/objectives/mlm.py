@@ -10,7 +10,9 @@ Maskable: real tokens (segment > 0) that are not special tokens. What is chosen 
                 span_max words (SpanBERT)
 The mask is drawn afresh each time a batch is drawn (dynamic masking, as RoBERTa), from a generator seeded by
 (seed, step): a resumed run draws the same. dynamic=False fixes one mask per example instead (the original
-BERT's static masking), seeded by the example's tokens.
+BERT's static masking), seeded by the example's tokens: it takes effect where the same rows come back (pad
+or first_fit packing of short documents); with concat packing and a new shuffle each epoch, rows rarely
+repeat, so masks differ anyway.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Mlm(Objective):
   word_starts: Any = None  # bool per vocabulary id: the piece starts a word (from the tokenizer)
 
   name = 'mlm'
+  families = ('bert', 'albert')
 
   def max_predictions(self, seq_len: int) -> int:
     """Prediction slots per row: the budget, plus room for a last word or span that passes it."""

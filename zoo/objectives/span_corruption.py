@@ -49,6 +49,7 @@ class SpanCorruption(Objective):
   num_sentinels: int = 100  # the tokenizer's
 
   name = 'span_corruption'
+  families = ('t5', 'bart')
   perplexity = True
 
   def targets_length(self, seq_len: int) -> int:
