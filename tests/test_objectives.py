@@ -298,3 +298,43 @@ def test_denoising_rates():
   y = rotating.noise([x[:50]], rng)
   start = int(np.flatnonzero(y == x[0])[0])
   np.testing.assert_array_equal(np.roll(y, -start), x[:50])
+
+
+def test_glm_blank_infilling():
+  obj = objectives.make('blank_infilling', vocab_size=V, num_special=SPECIAL)
+  rng = np.random.default_rng(10)
+  masked = total = 0
+  lengths = []
+  for step in range(20):
+    batch = random_batch(rng, b=8, t=256)
+    batch['tokens'] = np.where(batch['segment_ids'] > 0, np.maximum(batch['tokens'], SPECIAL), 0)
+    ex = obj.example(batch, np.random.default_rng(step))
+    for row in range(8):
+      ctx = ex['context_length'][row]
+      toks, pos, block = ex['tokens'][row], ex['positions'][row], ex['block_positions'][row]
+      tgt, w = ex['targets'][row], ex['weights'][row]
+      a, n = toks[:ctx], int(ctx + w.sum())
+      assert (block[:ctx] == 0).all() and (pos[:ctx] == np.arange(ctx)).all() and (w[:ctx] == 0).all()
+      assert (ex['segment_ids'][row][:n] == 1).all() and (ex['segment_ids'][row][n:] == 0).all()
+      # part B: spans opened by [sop], each token predicting the next, closed by [eop]
+      fills = {}
+      i = ctx
+      while i < n:
+        assert toks[i] == tk.SOP and block[i] == 1
+        j = i
+        while j + 1 < n and toks[j + 1] != tk.SOP:
+          j += 1
+        span = toks[i + 1:j + 1]
+        np.testing.assert_array_equal(tgt[i:j + 1], list(span) + [tk.EOP])
+        assert (pos[i:j + 1] == pos[i]).all() and a[pos[i]] == tk.MASK
+        assert (block[i:j + 1] == np.arange(1, j - i + 2)).all()
+        fills[pos[i]] = list(span)
+        lengths.append(len(span))
+        i = j + 1
+      rebuilt = [x for k, tok in enumerate(a) for x in (fills[k] if tok == tk.MASK else [tok])]
+      original = batch['tokens'][row][batch['segment_ids'][row] > 0][:len(rebuilt)]
+      np.testing.assert_array_equal(rebuilt, original)
+      masked += sum(len(v) for v in fills.values())
+      total += len(rebuilt)
+  assert abs(masked / total - 0.15) < 0.01
+  assert abs(np.mean(lengths) - 3 / (1 - np.exp(-3))) < 0.3  # Poisson(3) given >= 1

@@ -63,7 +63,7 @@ def final_params(workdir, step):
 
 
 @pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart',
-                                  'rnn_seq2seq', 'lstm', 'gru',
+                                  'rnn_seq2seq', 'glm', 'lstm', 'gru',
                                   'rnn'])
 def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert jax.device_count() == 8

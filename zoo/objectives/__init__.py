@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from zoo.objectives.base import Objective, cross_entropy
+from zoo.objectives.blank_infilling import BlankInfilling
 from zoo.objectives.causal_lm import CausalLm
 from zoo.objectives.denoising import Denoising
 from zoo.objectives.mlm import Mlm
@@ -19,6 +20,7 @@ from zoo.objectives.sentence_pairs import MlmNsp, MlmSop
 from zoo.objectives.span_corruption import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {
+    'blank_infilling': BlankInfilling,  # GLM
     'causal_lm': CausalLm,
     'denoising': Denoising,  # BART: the decoder reconstructs a corrupted document
     'mlm': Mlm,
