@@ -316,3 +316,17 @@ def test_dense_matmuls_accumulate_in_float32_forward_and_backward():
   assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
   np.testing.assert_allclose(gx.astype(jnp.float32), rx, rtol=0.05, atol=0.5)
   np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
+def test_greedy_decoding_with_the_cache_equals_full_forward_passes(family):
+  from zoo import generate
+  model = tiny(family)
+  src = toks(1, 2, 7).at[1, 5:].set(0)
+  params = init(model, tokens=src, decoder_tokens=toks(2, 2, 6))['params']
+  got = np.asarray(generate.greedy_seq2seq(model, params, src, max_len=6, eos_id=-1))
+  prefix = jnp.full((2, 1), 2, jnp.int32)  # [BOS]
+  for _ in range(6):  # no cache: run the decoder on the whole prefix each time
+    logits = apply(model, {'params': params}, src, prefix)
+    prefix = jnp.concatenate([prefix, jnp.argmax(logits[:, -1:], -1).astype(jnp.int32)], axis=1)
+  np.testing.assert_array_equal(got, np.asarray(prefix[:, 1:]))
