@@ -28,7 +28,8 @@ setup(
     extras_require={
         'tpu': ['jax[tpu]>=0.10.2'],  # brings libtpu: also for ahead-of-time compilation on a CPU host
         'cuda': ['jax[cuda12]>=0.10.2'],
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+        'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1'],
     },
     license='Apache-2.0',
 )

@@ -299,3 +299,38 @@ def test_get_tokenizer_trains_once_into_the_workdir(corpus, tmp_path):
     tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=500)
   c = tk.get_tokenizer(str(tmp_path / 'tokenizer.model'), workdir=None, documents=documents, vocab_size=0)
   assert c.vocab_size == 400
+
+
+def test_chinese_word_boundaries_from_jieba(tok):
+  import jieba
+  text = '我们今天去公园散步。自然语言处理很有意思！'
+  ids, starts = tok.encode_words(text)
+  assert ids == tok.encode(text) and tok.decode(ids) == text
+  words = [w for w, _, _ in jieba.tokenize(text)]
+  assert len(words) < len(text)  # jieba found words of several characters
+  # group the tokens into words at the starts: they decode to jieba's words
+  groups, current = [], []
+  for i, s in zip(ids, starts):
+    if s and current:
+      groups.append(current)
+      current = []
+    current.append(i)
+  groups.append(current)
+  assert [tok.decode(g).strip() for g in groups] == words
+  # through the pipeline and whole-word masking: a Chinese word is masked whole or not at all
+  from zoo import objectives
+  docs = [text * 3, CHINESE * 2] * 20
+  batch = take(pipeline.make_dataset(docs, tok, seq_len=64, batch_size=4, packing='pad', word_segmenter='jieba',
+                                     shuffle=False), 1)[0]
+  assert batch['word_starts'].shape == (4, 64)
+  obj = objectives.make('mlm', vocab_size=tok.vocab_size, num_special=tk.FIRST_SENTINEL + tok.num_sentinels,
+                        masking='whole_word', word_starts=tok.word_starts(np.arange(tok.vocab_size)))
+  ex = obj.example(batch, np.random.default_rng(0))
+  for row in range(4):
+    chosen = set(ex['mlm_positions'][row][ex['mlm_weights'][row] > 0].tolist())
+    ok = (batch['segment_ids'][row] > 0) & ~tok.is_special(batch['tokens'][row])
+    words_ = obj.words(batch['tokens'][row], ok, batch['word_starts'][row])
+    assert any(len(w) > 1 for w in words_)
+    for w in words_:
+      assert all(int(i) in chosen for i in w) or not any(int(i) in chosen for i in w)
+    assert chosen

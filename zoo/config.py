@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_fraction = 0.01  # held-out documents when the source has no validation split
   c.data.num_workers = 0  # grain worker processes (0: a prefetch thread)
   c.data.max_doc_chars = 100_000  # longer documents are cut into pieces
+  c.data.word_segmenter = ''  # 'jieba': Chinese word boundaries for whole-word / span masking (pip: .[zh])
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000  # optimizer steps in all

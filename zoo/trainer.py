@@ -379,7 +379,8 @@ def evaluate(run: Run, params, eval_step=None, docs=None) -> dict:
   ds = pipeline.make_dataset(docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
                              packing=cfg.data.packing, shuffle=False, num_epochs=None if n_batches > 0 else 1,
                              shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             pad_last_batch=True, prefetch=0, sentences=run.objective.needs_sentences)
+                             pad_last_batch=True, prefetch=0, sentences=run.objective.needs_sentences,
+                             word_segmenter=cfg.data.word_segmenter)
   sums: dict[str, float] = {}
   it = iter(ds)
   for i in range(n_batches if n_batches > 0 else 1 << 30):
@@ -573,7 +574,7 @@ def _train(run: Run, checkpointer) -> dict:
   ds = pipeline.make_dataset(train_docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
                              seed=cfg.seed, packing=cfg.data.packing, shard_index=jax.process_index(),
                              shard_count=jax.process_count(), num_workers=cfg.data.num_workers,
-                             sentences=run.objective.needs_sentences)
+                             sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
   data_iter = iter(ds)
   start = checkpointer.latest_step()
   if start is not None:

@@ -5,6 +5,7 @@ Every batch is a dict of int32 numpy arrays [batch, seq_len]:
   segment_ids  1, 2, ... for the documents packed into a row, 0 for padding
   positions    position of each token inside its document piece (restarting at 0 in each segment)
   sentence_ids (with sentences=True) the sentence of each token inside its document, 1, 2, ... (0 = padding)
+  word_starts  (with word_segmenter='jieba') 1 where a token starts a word, Chinese words included
 
 Packing (`packing=`):
   'concat'     concatenate documents (each ending in [EOS]) and cut every seq_len tokens: no padding at all
@@ -45,15 +46,20 @@ class Tokenize:
   tokenizer: tk.Tokenizer
   add_eos: bool = True
   sentences: bool = False
+  word_segmenter: str = ''  # 'jieba': add word_starts from a Chinese word segmenter
 
   def __call__(self, text: str) -> dict:
     if self.sentences:
       ids, sentence_ids = self.tokenizer.encode_sentences(text)
     else:
       ids, sentence_ids = self.tokenizer.encode(text), None
+    out = {}
+    if self.word_segmenter:
+      _, starts = self.tokenizer.encode_words(text, self.word_segmenter)
+      out['word_starts'] = np.append(starts, 1).astype(np.int32)[:len(ids) + self.add_eos]
     if self.add_eos:
       ids.append(tk.EOS)
-    out = {'tokens': np.asarray(ids, np.int32)}
+    out['tokens'] = np.asarray(ids, np.int32)
     if sentence_ids is not None:  # [EOS] belongs to the last sentence
       out['sentence_ids'] = np.append(sentence_ids, sentence_ids[-1:] if len(sentence_ids) else 1)[:len(ids)]
       out['sentence_ids'] = out['sentence_ids'].astype(np.int32)
@@ -118,7 +124,7 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
                  packing: str = 'concat', shuffle: bool = True, num_epochs: int | None = None,
                  shard_index: int = 0, shard_count: int = 1, num_workers: int = 0, prefetch: int = 2,
                  add_eos: bool = True, pad_last_batch: bool = False, packing_bins: int = 128,
-                 sentences: bool = False) -> grain.IterDataset:
+                 sentences: bool = False, word_segmenter: str = '') -> grain.IterDataset:
   """A grain IterDataset of batches (see the module docstring).
 
   batch_size is per process (the global batch / process count). num_epochs None repeats forever, each
@@ -126,7 +132,8 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   num_workers > 0 tokenizes and packs in that many worker processes; otherwise a thread prefetches
   `prefetch` batches. pad_last_batch (evaluation) fills the last, short batch with padding rows
   (segment_ids 0) instead of dropping it. packing_bins: rows first_fit fills at once (more: fuller rows;
-  128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids`.
+  128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids`. word_segmenter
+  ('jieba'): add `word_starts` (1 where a token starts a word) for whole-word masking of Chinese.
   """
   if packing not in PACKINGS:
     raise ValueError(f'data.packing must be one of {PACKINGS}, got {packing!r}')
@@ -137,9 +144,10 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.map(Tokenize(tokenizer, add_eos, sentences)).filter(_has_tokens)
+  ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
   it = ds.to_iter_dataset()
-  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len} if sentences else {})}
+  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len} if sentences else {}),
+             **({'word_starts': seq_len} if word_segmenter else {})}
   if packing == 'concat':
     it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)
   else:

@@ -56,6 +56,27 @@ def sentence_starts(text: str) -> list[int]:
   return starts
 
 
+def _byte_offsets(text: str, char_offsets) -> np.ndarray:
+  """UTF-8 byte offsets of increasing character offsets into text."""
+  out, offset, prev = [], 0, 0
+  for start in char_offsets:
+    offset += len(text[prev:start].encode('utf-8'))
+    out.append(offset)
+    prev = start
+  return np.asarray(out, np.int64)
+
+
+def _word_starts(text: str, segmenter: str) -> list[int]:
+  if segmenter != 'jieba':
+    raise ValueError(f"data.word_segmenter={segmenter!r}: use '' (none) or 'jieba'")
+  try:
+    import jieba
+  except ImportError:
+    raise ImportError("data.word_segmenter='jieba' needs jieba: pip install -e '.[zh]'") from None
+  jieba.setLogLevel(60)
+  return [start for _, start, _ in jieba.tokenize(text)]
+
+
 class Tokenizer:
   """A SentencePiece model with zoo's special ids. Picklable (grain workers get their own copy)."""
 
@@ -106,18 +127,26 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
+  def encode_offsets(self, text: str) -> tuple[list[int], np.ndarray]:
+    """Token ids (exactly as `encode`) and the UTF-8 byte offset in `text` where each token begins."""
+    proto = self._sp.encode(text, return_type='proto')
+    ids = [p.id for p in proto.pieces]
+    return ids, np.fromiter((p.begin for p in proto.pieces), np.int64, len(ids))
+
   def encode_sentences(self, text: str) -> tuple[list[int], np.ndarray]:
     """Token ids of the whole text (exactly as `encode`) and, for each token, its sentence number (1, 2, ...),
     from `sentence_starts`: the boundaries NSP, SOP and sentence permutation need."""
-    proto = self._sp.encode(text, return_type='proto')
-    ids = [p.id for p in proto.pieces]
-    begins = np.fromiter((p.begin for p in proto.pieces), np.int64, len(ids))
-    byte_starts, offset, prev = [], 0, 0
-    for start in sentence_starts(text):
-      offset += len(text[prev:start].encode('utf-8'))
-      byte_starts.append(offset)
-      prev = start
-    return ids, np.searchsorted(np.asarray(byte_starts), begins, side='right').astype(np.int32)
+    ids, begins = self.encode_offsets(text)
+    return ids, np.searchsorted(_byte_offsets(text, sentence_starts(text)), begins, side='right').astype(np.int32)
+
+  def encode_words(self, text: str, segmenter: str = 'jieba') -> tuple[list[int], np.ndarray]:
+    """Token ids and, per token, whether it starts a word: a '▁' piece, or the first piece at a word start
+    from the segmenter ('jieba': Chinese words, which spaces do not separate). Whole-word masking's units."""
+    ids, begins = self.encode_offsets(text)
+    starts = set(_byte_offsets(text, _word_starts(text, segmenter)).tolist())
+    first = np.concatenate([[True], begins[1:] != begins[:-1]])  # byte-fallback pieces share a begin
+    at_word = np.fromiter((b in starts for b in begins), bool, len(ids)) & first
+    return ids, (at_word | self._word_start[np.asarray(ids, np.int64)]).astype(np.int32)
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return self._sp.encode(list(texts))

@@ -46,7 +46,8 @@ class Mlm(Objective):
     rate = self.mask_rate if self.masking == 'token' else 1.25 * self.mask_rate
     return min(seq_len, max(1, math.ceil(rate * seq_len)))
 
-  def choose(self, tokens: np.ndarray, maskable: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  def choose(self, tokens: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
+             starts=None) -> np.ndarray:
     """Positions chosen in one row: about mask_rate of its maskable tokens (BERT rounds per row)."""
     if self.masking not in ('token', 'whole_word', 'span'):
       raise ValueError(f"objective.masking={self.masking!r}: use 'token', 'whole_word' or 'span'")
@@ -58,24 +59,28 @@ class Mlm(Objective):
       return idx[:0]
     if self.masking == 'token':
       return np.sort(rng.choice(idx, n, replace=False))
-    return self._choose_words(tokens, maskable, n, rng)
+    return self._choose_words(tokens, maskable, n, rng, starts=starts)
 
-  def words(self, tokens: np.ndarray, maskable: np.ndarray) -> list[np.ndarray]:
+  def words(self, tokens: np.ndarray, maskable: np.ndarray, starts=None) -> list[np.ndarray]:
     """The maskable words of a row, each as its token positions (a word with any unmaskable piece is
-    left out: it would be masked in part)."""
-    if self.word_starts is None:
-      raise ValueError(f"objective.masking={self.masking!r} needs word boundaries: pass the tokenizer's "
-                       f"word_starts (the trainer does)")
-    starts = np.asarray(self.word_starts)[tokens] | ~maskable
+    left out: it would be masked in part). starts: per-token word starts from the pipeline (a Chinese
+    word segmenter), else the tokenizer's '▁' pieces."""
+    if starts is None:
+      if self.word_starts is None:
+        raise ValueError(f"objective.masking={self.masking!r} needs word boundaries: pass the tokenizer's "
+                         f"word_starts (the trainer does)")
+      starts = np.asarray(self.word_starts)[tokens]
+    starts = np.asarray(starts, bool) | ~maskable
     starts[0] = True
     ids = np.cumsum(starts)
     bounds = np.flatnonzero(np.diff(np.concatenate([[0], ids, [ids[-1] + 1]])))
     words = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     return [w for w in words if maskable[w].all()]
 
-  def _choose_words(self, tokens, maskable, budget: int, rng, spans: list | None = None) -> np.ndarray:
+  def _choose_words(self, tokens, maskable, budget: int, rng, spans: list | None = None,
+                    starts=None) -> np.ndarray:
     """Whole words (or spans of them) until `budget` tokens are chosen; `spans` collects span lengths."""
-    words = self.words(tokens, maskable)
+    words = self.words(tokens, maskable, starts)
     limit = self.max_predictions(len(tokens))
     picked: list[np.ndarray] = []
     count = 0
@@ -119,7 +124,8 @@ class Mlm(Objective):
     for row in range(b):
       # static masking: the same draws whenever this row's tokens come back
       r = rng if self.dynamic else np.random.default_rng(zlib.crc32(tokens[row].tobytes()))
-      chosen = self.choose(tokens[row], maskable[row], r)
+      chosen = self.choose(tokens[row], maskable[row], r,
+                           None if 'word_starts' not in batch else batch['word_starts'][row])
       n = len(chosen)
       u = r.random(n)
       to_mask = chosen[u < self.mask_token_rate]
