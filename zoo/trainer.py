@@ -171,6 +171,12 @@ def build(config, workdir: str) -> Run:
   tok = load_tokenizer(config, workdir)
   m = config.model
   vocab = m.vocab_size if m.vocab_size > 0 else 128 * math.ceil(tok.vocab_size / 128)
+  table = models.FAMILIES[m.family].sizes.get(m.size, {}) if m.family in models.FAMILIES else {}
+  differing = [k for k, v in table.items() if k in m and k != 'vocab_size' and m[k] != v]
+  if len(differing) > len(table) // 2:
+    raise ValueError(f'model.size={m.size!r} but most model fields ({", ".join(differing)}) are another '
+                     f"size's: pick the size with the recipe argument (configs/<recipe>.py:{m.size}), which sets "
+                     f'them all')
   fields = {k: v for k, v in m.items() if k not in ('family', 'size')}
   fields.update(vocab_size=vocab, dtype=_dtype(m.dtype))
   model = models.get_model(m.family, m.size, **fields)
