@@ -175,7 +175,7 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
       ({'train.seq_len': 256}, r'train.seq_len=256 is longer than model.max_len=128'),
       ({'objective.name': 'mlm'}, r"objective.name='mlm' trains \['albert', 'bert'\], not model.family='gpt'"),
       ({'log.every': 0}, r'log.every=0 must be positive'),
-      ({'model.size': 'small'}, r"model.size='small' but most model fields .* configs/<recipe>.py:small"),
+      ({'model.size': 'small'}, r"model.size='small' but most model fields .* \(configs/<recipe>.py:small\)"),
       ({'objective.mask_rate': 0.2, 'objective.name': 'causal_lm'}, r"objective causal_lm has no field\(s\) \['mask_rate'\]"),
   ]
   for overrides, message in cases:
