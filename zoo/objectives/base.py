@@ -63,3 +63,23 @@ class Objective:
     ids = np.full((batch_size, seq_len), self.num_special, np.int32)
     return {'tokens': ids, 'segment_ids': np.ones_like(ids),
             'positions': np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape).copy()}
+
+
+@dataclasses.dataclass
+class TargetObjective(Objective):
+  """An objective scored by token cross-entropy on example['targets'] where example['weights'] is 1."""
+  perplexity = True
+
+  def terms(self, outputs, example):
+    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
+
+  def counts(self, example):
+    return {'lm': example['weights'].sum()}
+
+
+@dataclasses.dataclass
+class Seq2SeqObjective(TargetObjective):
+  """An encoder-decoder objective: the encoder reads example['tokens'], the decoder example['decoder_tokens']."""
+
+  def inputs(self, example):
+    return {'tokens': example['tokens'], 'decoder_tokens': example['decoder_tokens']}

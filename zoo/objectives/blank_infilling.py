@@ -18,16 +18,15 @@ import math
 import numpy as np
 
 from zoo.data import tokenizer as tk
-from zoo.objectives.base import Batch, Objective, cross_entropy
+from zoo.objectives.base import Batch, TargetObjective
 
 
 @dataclasses.dataclass
-class BlankInfilling(Objective):
+class BlankInfilling(TargetObjective):
   mask_ratio: float = 0.15  # fraction of tokens in spans
   poisson_lambda: float = 3.0  # span lengths ~ Poisson(lambda), at least 1
 
   name = 'blank_infilling'
-  perplexity = True
   families = ('glm',)
 
   def max_spans(self, seq_len: int) -> int:
@@ -92,9 +91,3 @@ class BlankInfilling(Objective):
 
   def inputs(self, example):
     return {k: example[k] for k in ('tokens', 'positions', 'block_positions', 'context_length', 'segment_ids')}
-
-  def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
-
-  def counts(self, example):
-    return {'lm': example['weights'].sum()}

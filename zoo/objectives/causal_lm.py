@@ -5,15 +5,14 @@ import dataclasses
 
 import numpy as np
 
-from zoo.objectives.base import Batch, Objective, cross_entropy
+from zoo.objectives.base import Batch, TargetObjective
 
 
 @dataclasses.dataclass
-class CausalLm(Objective):
+class CausalLm(TargetObjective):
   """Next-token loss. The last token of a document (and of a row) has no target; padding has none."""
   name = 'causal_lm'
   families = ('gpt', 'rnn_lm', 'glm')
-  perplexity = True
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     del rng
@@ -28,9 +27,3 @@ class CausalLm(Objective):
   def inputs(self, example):
     return {'tokens': example['tokens'], 'segment_ids': example['segment_ids'],
             'positions': example['positions']}
-
-  def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
-
-  def counts(self, example):
-    return {'lm': example['weights'].sum()}

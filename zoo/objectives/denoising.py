@@ -18,11 +18,11 @@ import dataclasses
 import numpy as np
 
 from zoo.data import tokenizer as tk
-from zoo.objectives.base import Batch, Objective, cross_entropy
+from zoo.objectives.base import Batch, Seq2SeqObjective
 
 
 @dataclasses.dataclass
-class Denoising(Objective):
+class Denoising(Seq2SeqObjective):
   mask_rate: float = 0.0
   delete_rate: float = 0.0
   infill_rate: float = 0.3  # BART's best: text infilling of 30% of the tokens ...
@@ -32,7 +32,6 @@ class Denoising(Objective):
 
   name = 'denoising'
   families = ('bart', 't5', 'rnn_seq2seq')
-  perplexity = True
   needs_sentences = True
 
   def infill(self, x: np.ndarray, rng, spans: list | None = None) -> np.ndarray:
@@ -104,15 +103,6 @@ class Denoising(Objective):
     decoder_tokens[:, 1:] = targets[:, :-1]
     return {'tokens': inputs, 'decoder_tokens': decoder_tokens, 'targets': targets,
             'weights': (seg > 0).astype(np.float32)}
-
-  def inputs(self, example):
-    return {'tokens': example['tokens'], 'decoder_tokens': example['decoder_tokens']}
-
-  def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
-
-  def counts(self, example):
-    return {'lm': example['weights'].sum()}
 
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
     batch = super().dummy_batch(batch_size, seq_len)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from zoo.data import tokenizer as tk
-from zoo.objectives.base import Batch, Objective, cross_entropy
+from zoo.objectives.base import Batch, Seq2SeqObjective
 
 
 def random_spans_noise_mask(length: int, noise_density: float, mean_span: float, rng: np.random.Generator,
@@ -43,14 +43,13 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span: float,
 
 
 @dataclasses.dataclass
-class SpanCorruption(Objective):
+class SpanCorruption(Seq2SeqObjective):
   noise_density: float = 0.15
   mean_span_length: float = 3.0
   num_sentinels: int = 100  # the tokenizer's
 
   name = 'span_corruption'
   families = ('t5', 'bart')
-  perplexity = True
 
   def targets_length(self, seq_len: int) -> int:
     noise = int(round(seq_len * self.noise_density))
@@ -82,12 +81,3 @@ class SpanCorruption(Objective):
     decoder_tokens[:, 1:] = targets[:, :-1]
     return {'tokens': inputs, 'decoder_tokens': decoder_tokens, 'targets': targets,
             'weights': (targets > 0).astype(np.float32)}
-
-  def inputs(self, example):
-    return {'tokens': example['tokens'], 'decoder_tokens': example['decoder_tokens']}
-
-  def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
-
-  def counts(self, example):
-    return {'lm': example['weights'].sum()}
