@@ -1,5 +1,6 @@
-"""Decoding from trained models. So far: greedy decoding for the encoder-decoders (T5, BART, the RNN
-encoder-decoder) with the decoder's cache; sampling and beam search come with the generation issue.
+"""Decoding from trained models: greedy decoding for the encoder-decoders (T5, BART, the RNN encoder-decoder)
+and greedy / temperature / top-k / top-p sampling for the decoder-only LMs (GPT, the RNN LMs), all with the
+KV cache (or recurrent state) and jit-compiled. Beam search comes with the generation issue.
 
 >>> import jax, jax.numpy as jnp
 >>> from zoo import models
@@ -17,6 +18,55 @@ import jax
 import jax.numpy as jnp
 
 from zoo.data import tokenizer as tk
+
+_NEG = -1e30
+
+
+def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """Logits [..., V] scaled by 1/temperature, with every token outside the top k, or outside the smallest set
+  whose probability reaches top_p (the nucleus), set to -inf-ish. temperature 0 keeps only the argmax."""
+  logits = logits.astype(jnp.float32)
+  if temperature == 0.0:
+    best = jnp.argmax(logits, axis=-1)[..., None]
+    return jnp.where(jnp.arange(logits.shape[-1]) == best, 0.0, _NEG)
+  logits = logits / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, _NEG, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above
+    keep = before < top_p  # the nucleus: always at least the top token
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, _NEG, logits)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'temperature', 'top_k', 'top_p', 'eos_id'))
+def sample_lm(model, params, prompt, rng, max_new: int, temperature: float = 1.0, top_k: int = 0,
+              top_p: float = 1.0, eos_id: int = tk.EOS):
+  """Continue `prompt` [B, P] (every row the same length) by `max_new` tokens from a decoder-only model with
+  its cache: the prompt in one pass, then a token at a time. temperature=0 is greedy. After [EOS] a row emits
+  [PAD]. Returns [B, max_new] int32."""
+  b, p = prompt.shape
+  cache = model.init(jax.random.key(0), jnp.zeros((b, p + max_new), jnp.int32), decode=True)['cache']
+  logits, mutated = model.apply({'params': params, 'cache': cache}, prompt, decode=True, mutable=['cache'])
+
+  def pick(logits, key):
+    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+
+  def step(carry, key):
+    cache, logits, done = carry
+    token = jnp.where(done, 0, pick(logits, key))
+    done = done | (token == eos_id)
+    logits, mutated = model.apply({'params': params, 'cache': cache}, token[:, None], decode=True,
+                                  mutable=['cache'])
+    return (mutated['cache'], logits[:, -1], done), token
+
+  keys = jax.random.split(rng, max_new)
+  _, out = jax.lax.scan(step, (mutated['cache'], logits[:, -1], jnp.zeros((b,), bool)), keys)
+  return out.T
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_len', 'start_id', 'eos_id'))
