@@ -1,6 +1,5 @@
 """Tokenizers, sources, packing and the grain pipeline: determinism, sharding, exact resume, bad input."""
 import json
-import pathlib
 import subprocess
 import sys
 

@@ -1,7 +1,6 @@
 """Each recurrent cell against its equations written out in numpy, on random weights; the layers."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

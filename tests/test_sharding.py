@@ -1,7 +1,6 @@
 """The logical names map onto a ('data', 'fsdp', 'tensor') mesh: sharded params give the same outputs."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """Transformer blocks against their definitions: pre-LN and post-LN residual order, gated MLPs."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

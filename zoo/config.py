@@ -5,8 +5,6 @@ Every field can be overridden on the command line: `--config.train.steps=500 --c
 """
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
 from zoo import parallel

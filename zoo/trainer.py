@@ -12,6 +12,7 @@ end and on SIGTERM; evaluate on the validation split and write eval.json.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -235,7 +236,6 @@ def _init_fn(model, objective, tx, example):
 
 def _context(run: Run):
   """Mesh and logical-axis rules for tracing (nothing under pmap)."""
-  import contextlib
   if run.mesh is None:
     return contextlib.nullcontext()
   stack = contextlib.ExitStack()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import os

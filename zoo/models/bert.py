@@ -16,10 +16,9 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from zoo.layers import attention, common, position, transformer
+from zoo.layers import attention, common, transformer
 
 # Published sizes (BERT paper, Turc et al. 2019 for the small ones); `tiny` is for tests.
 SIZES = {

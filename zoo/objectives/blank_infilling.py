@@ -62,7 +62,7 @@ class BlankInfilling(TargetObjective):
     for row in range(b):
       x = tokens[row][seg[row] > 0][:t - 2 * k_max]
       spans = self.spans(len(x), rng, k_max)
-      a, a_pos, span_pos, prev = [], [], [], 0
+      a, span_pos, prev = [], [], 0
       for start, length in spans:
         a.extend(x[prev:start])
         span_pos.append(len(a))

@@ -9,7 +9,6 @@ Each packed row is one example. The decoder reads the target shifted right behin
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
