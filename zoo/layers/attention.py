@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from zoo.layers import adapters as adapters_lib
 from zoo.layers import common, position
 
 _NEG = -1e9  # finite, so a fully masked row gives a uniform (ignored) average instead of NaN
@@ -108,6 +109,7 @@ class MultiHeadAttention(nn.Module):
   rope_base: float = 10_000.0
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
+  adapters: adapters_lib.Adapters | None = None  # LoRA on the projections; prefix keys/values (self-attention)
 
   @nn.compact
   def __call__(self, x, kv=None, mask=None, bias=None, positions=None, deterministic: bool = True,
@@ -115,12 +117,14 @@ class MultiHeadAttention(nn.Module):
     """x [B, T, D]; kv [B, S, D] or None; mask [B|1, N|1, T, S]; bias [B|1, N, T, S]; positions [B|1, T]."""
     b, t, d = x.shape
     n, h = self.num_heads, self.head_dim
-    proj = lambda name: common.dense(n * h, ('embed', 'heads'), use_bias=self.use_bias,  # noqa: E731
-                                     dtype=self.dtype, kernel_init=self.kernel_init, name=name)
+
+    def proj(name, inputs):
+      y = common.dense(n * h, ('embed', 'heads'), use_bias=self.use_bias, dtype=self.dtype,
+                       kernel_init=self.kernel_init, name=name)(inputs)
+      y = y + adapters_lib.lora(self, self.adapters, name, inputs, n * h, ('embed', 'heads'), deterministic)
+      return y.reshape(b, inputs.shape[1], n, h)
     source = x if kv is None else kv
-    q = proj('query')(x).reshape(b, t, n, h)
-    k = proj('key')(source).reshape(b, source.shape[1], n, h)
-    v = proj('value')(source).reshape(b, source.shape[1], n, h)
+    q, k, v = proj('query', x), proj('key', source), proj('value', source)
     if self.rotary:
       if kv is not None:
         raise ValueError('rotary embeddings apply to self-attention only')
@@ -130,13 +134,23 @@ class MultiHeadAttention(nn.Module):
       if kv is not None:
         raise ValueError('decode=True caches self-attention; pass kv=None')
       k, v, mask = self._update_cache(k, v, mask)
+    prefix = adapters_lib.prefix(self, self.adapters, b, n, h, d, k.dtype) if kv is None else None
+    if prefix is not None:  # prefix tuning: P more keys and values that every query sees
+      k, v = jnp.concatenate([prefix[0], k], axis=1), jnp.concatenate([prefix[1], v], axis=1)
+      p = prefix[0].shape[1]
+      if mask is not None:
+        mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (p,), bool), mask], axis=-1)
+      if bias is not None:
+        bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(p, 0)])
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
     out = dot_product_attention(q, k, v, mask, bias, scale=self.scale, dropout_rate=self.dropout_rate,
                                 dropout_rng=dropout_rng, dtype=self.dtype)  # [B, T, N, H]
-    return common.dense(d, ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
-                        kernel_init=self.kernel_init, name='out')(out.reshape(b, t, n * h))
+    out = out.reshape(b, t, n * h)
+    y = common.dense(d, ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
+                     kernel_init=self.kernel_init, name='out')(out)
+    return y + adapters_lib.lora(self, self.adapters, 'out', out, d, ('heads', 'embed'), deterministic)
 
   def _update_cache(self, k, v, mask):
     first = not self.has_variable('cache', 'cached_key')

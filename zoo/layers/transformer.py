@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.layers import adapters as adapters_lib
 from zoo.layers import common
 from zoo.layers.attention import MultiHeadAttention
 
@@ -20,20 +21,25 @@ class Mlp(nn.Module):
   dropout_rate: float = 0.0
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
+  adapters: adapters_lib.Adapters | None = None  # LoRA on wi / wo when 'mlp' is a target
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     act, gated = common.activation_fn(self.activation)
-    wi = functools.partial(common.dense, self.mlp_dim, ('embed', 'mlp'), use_bias=self.use_bias,
-                           dtype=self.dtype, kernel_init=self.kernel_init)
+
+    def wi(name):
+      y = common.dense(self.mlp_dim, ('embed', 'mlp'), use_bias=self.use_bias, dtype=self.dtype,
+                       kernel_init=self.kernel_init, name=name)(x)
+      return y + adapters_lib.lora(self, self.adapters, name, x, self.mlp_dim, ('embed', 'mlp'), deterministic)
     if gated:
-      h = act(wi(name='wi_0')(x)) * wi(name='wi_1')(x)
+      h = act(wi('wi_0')) * wi('wi_1')
     else:
-      h = act(wi(name='wi')(x))
+      h = act(wi('wi'))
     h = common.constrain(h, ('batch', 'length', 'mlp'))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)  # T5 drops here too
-    return common.dense(x.shape[-1], ('mlp', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
-                        kernel_init=self.kernel_init, name='wo')(h)
+    y = common.dense(x.shape[-1], ('mlp', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
+                     kernel_init=self.kernel_init, name='wo')(h)
+    return y + adapters_lib.lora(self, self.adapters, 'wo', h, x.shape[-1], ('mlp', 'embed'), deterministic)
 
 
 class TransformerBlock(nn.Module):
@@ -60,6 +66,7 @@ class TransformerBlock(nn.Module):
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
   scanned: bool = False  # return (x, None) for nn.scan
+  adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
   def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
@@ -67,7 +74,7 @@ class TransformerBlock(nn.Module):
     attention = functools.partial(
         MultiHeadAttention, self.num_heads, self.head_dim, use_bias=self.use_bias,
         dropout_rate=self.dropout_rate, scale=self.attention_scale, dtype=self.dtype,
-        kernel_init=self.kernel_init)
+        kernel_init=self.kernel_init, adapters=self.adapters)
 
     def sublayer(name, fn, x):
       norm = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name=f'{name}_norm')
@@ -82,7 +89,8 @@ class TransformerBlock(nn.Module):
       x = sublayer('cross_attention', lambda h: attention(name='cross_attention')(
           h, encoded, cross_mask, None, None, deterministic, False), x)
     x = sublayer('mlp', lambda h: Mlp(self.mlp_dim, self.activation, self.use_bias, self.dropout_rate,
-                                      self.dtype, self.kernel_init, name='mlp')(h, deterministic), x)
+                                      self.dtype, self.kernel_init, self.adapters, name='mlp')(h, deterministic),
+                 x)
     x = common.constrain(x, ('batch', 'length', 'embed'))
     return (x, None) if self.scanned else x
 

@@ -18,6 +18,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from zoo.layers import adapters as adapters_lib
 from zoo.layers import attention, common, transformer
 
 # Published sizes (BERT paper, Turc et al. 2019 for the small ones); `tiny` is for tests.
@@ -57,6 +58,7 @@ class Bert(nn.Module):
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
   remat: bool = False
+  adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
   def __call__(self, tokens, token_types=None, segment_ids=None, positions=None, mlm_positions=None,
@@ -85,7 +87,7 @@ class Bert(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=False,
-        dropout_rate=self.dropout_rate, dtype=self.dtype)
+        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters)
     mask = attention.segment_mask(segment_ids)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, False,
                                  scan=self.scan_layers, remat=self.remat, shared=self.share_layers)

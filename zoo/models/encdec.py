@@ -17,6 +17,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from zoo.layers import adapters as adapters_lib
 from zoo.layers import attention, common, position, transformer
 
 T5_SIZES = {
@@ -70,6 +71,7 @@ class _Stack(nn.Module):
   dtype: common.Dtype
   scan_layers: bool
   remat: bool
+  adapters: adapters_lib.Adapters | None
 
   @nn.compact
   def __call__(self, tokens, segment_ids, positions, encoded, encoder_segment_ids, deterministic, decode):
@@ -110,7 +112,7 @@ class _Stack(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=self.pre_ln,
         use_bias=self.use_bias, cross_attention=self.causal, dropout_rate=self.dropout_rate,
-        attention_scale=self.attention_scale, dtype=self.dtype)
+        attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters)
     x = transformer.stack_layers(block, self.num_layers, x, mask, bias, None, encoded, cross_mask,
                                  deterministic, decode, scan=self.scan_layers, remat=self.remat)
     if self.pre_ln:
@@ -146,6 +148,7 @@ class EncoderDecoder(nn.Module):
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
   remat: bool = False
+  adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   def setup(self):
     self.token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
@@ -156,7 +159,7 @@ class EncoderDecoder(nn.Module):
         max_len=self.max_len, relative_buckets=self.relative_buckets,
         relative_max_distance=self.relative_max_distance, attention_scale=self.attention_scale,
         embedding_norm=self.embedding_norm, dropout_rate=self.dropout_rate, dtype=self.dtype,
-        scan_layers=self.scan_layers, remat=self.remat)
+        scan_layers=self.scan_layers, remat=self.remat, adapters=self.adapters)
     self.encoder = stack(causal=False, num_layers=self.num_encoder_layers)
     self.decoder = stack(causal=True, num_layers=self.num_decoder_layers)
     if not self.tie_embeddings:

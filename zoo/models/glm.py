@@ -19,6 +19,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from zoo.layers import adapters as adapters_lib
 from zoo.layers import attention, common, transformer
 
 SIZES = {
@@ -55,6 +56,7 @@ class Glm(nn.Module):
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
   remat: bool = False
+  adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
   def __call__(self, tokens, positions=None, block_positions=None, context_length=None, segment_ids=None,
@@ -83,7 +85,7 @@ class Glm(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=True,
-        dropout_rate=self.dropout_rate, dtype=self.dtype)
+        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, decode,
                                  scan=self.scan_layers, remat=self.remat)
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
