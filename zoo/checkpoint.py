@@ -48,3 +48,42 @@ class Checkpointer:
 def abstract_with_shardings(tree, shardings):
   """ShapeDtypeStructs carrying the target shardings: what Orbax restores onto another topology."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def find_state(path: str, step: int | None = None) -> tuple[str, int]:
+  """The Orbax `state` directory and step of a workdir (its newest checkpoint, or `step`) or of a checkpoint
+  directory (<workdir>/checkpoints/<step>). A clear error when there is none."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, 'state')):  # a checkpoint directory
+    return os.path.join(path, 'state'), int(os.path.basename(path))
+  directory = os.path.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  steps = [s for s in steps if os.path.isdir(os.path.join(directory, str(s), 'state'))]
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {path}: point at a workdir that train.py saved to (it holds '
+                            f'checkpoints/<step>/state), or at one of those step directories')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f'{path} has no checkpoint of step {step}; it has steps {steps}')
+  return os.path.join(directory, str(step), 'state'), step
+
+
+def saved_params(state_dir: str) -> dict:
+  """{path tuple: shape} of the parameters saved in a `state` directory (metadata only, nothing read)."""
+  from flax import traverse_util
+  tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+  if 'params' not in tree:
+    raise ValueError(f'{state_dir} holds no parameters (its items are {sorted(tree)})')
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree['params']).items()}
+
+
+def restore_params(state_dir: str, abstract_params):
+  """Only the parameters (no optimizer state) of a saved TrainState, onto the shardings of `abstract_params`
+  (ShapeDtypeStruct leaves with sharding; any mesh, any device count). `abstract_params` may be a subset of
+  what was saved: a partial restore."""
+  target = {'params': abstract_params}
+  restored = ocp.PyTreeCheckpointer().restore(
+      state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+          target), partial_restore=True))
+  return restored['params']

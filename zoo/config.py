@@ -24,6 +24,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'causal_lm'  # mlm, causal_lm or span_corruption (zoo.objectives)
 
+  c.task = ml_collections.ConfigDict()
+  c.task.name = ''  # '' : pretraining (objective.*); or fine-tuning: classification, tagging, qa, sft
+  c.task.init_from = ''  # a pretraining workdir (or its checkpoints/<step>): model, tokenizer and weights
+  c.task.train = ''  # examples: tsv:<path>, csv:<path>, jsonl:<path> or tfds:<name>[:<split>]
+  c.task.validation = ''  # the same kinds; scored with the task's metric
+  c.task.data_dir = ''  # TFDS data_dir for tfds: examples
+  c.task.fields = ml_collections.ConfigDict()  # the task's columns and options (zoo.tasks), e.g. label_field
+  c.task.pretrained_objective = ''  # filled in from task.init_from (decides T5's decoder start token)
+
+  c.adapters = ml_collections.ConfigDict()
+  c.adapters.lora_rank = 0  # > 0: LoRA on the projections below; the base weights freeze
+  c.adapters.lora_alpha = 8.0  # LoRA updates are scaled by alpha / rank
+  c.adapters.lora_dropout = 0.0  # dropout on the LoRA branch's input
+  c.adapters.lora_targets = 'query,value'  # of query, key, value, out, mlp
+  c.adapters.prefix_length = 0  # > 0: prefix tuning with this many keys/values per layer; the base freezes
+  c.adapters.prefix_hidden = 0  # > 0: prefixes through an MLP of this width (reparameterisation)
+
   c.data = ml_collections.ConfigDict()
   c.data.source = 'default'  # default, text:<glob>, jsonl:<glob>:<field> or tfds:<name>[:<field>]
   c.data.data_dir = ''  # TFDS data_dir ('' = TFDS's default)

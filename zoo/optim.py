@@ -37,15 +37,22 @@ def decay_mask(params):
       {path: path[-1] not in ('bias', 'scale', 'mlm_bias') for path in flat})
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Build once and reuse: two separate optax.adamw objects give mismatched pytrees (JAX_NOTES)."""
+def make_optimizer(cfg, total_steps: int, frozen=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Build once and reuse: two separate optax.adamw objects give mismatched pytrees (JAX_NOTES).
+
+  frozen: bools shaped like the parameters, True for those that must not change (LoRA / prefix tuning): they
+  get a zero update and no optimizer state (optax.multi_transform with set_to_zero)."""
   schedule = make_schedule(cfg, total_steps)
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
   parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                            mask=lambda p: decay_mask(flax.linen.unbox(p))))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if frozen is not None:
+    labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, lambda p: labels)
+  return tx, schedule
 
 
 def global_norm(tree) -> jax.Array:

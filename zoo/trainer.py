@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from zoo import checkpoint as ckpt
 from zoo import config as config_lib
-from zoo import models, objectives, optim, parallel
+from zoo import finetune, models, objectives, optim, parallel, tasks
 from zoo.data import pipeline, sources
 from zoo.data import tokenizer as tk
 
@@ -72,6 +72,20 @@ class Run:
   n_params: int
   flops_per_token: float
   peak_flops: float
+  records: dict | None = None  # a fine-tuning task's examples by split (run.objective is then the task)
+  frozen: Any = None  # bools like params: True where a parameter stays frozen (LoRA / prefix tuning)
+  _features: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def task(self) -> bool:
+    return self.records is not None
+
+  def features(self, split: str):
+    """The task's (arrays, host info) for a split, made once."""
+    if split not in self._features:
+      self._features[split] = self.objective.featurize(self.records[split], self.tokenizer,
+                                                      f'task.{split}={self.config.task[split]!r}')
+    return self._features[split]
 
   @property
   def pmap(self) -> bool:
@@ -168,6 +182,7 @@ def _read(source, split, data_dir, validation_fraction, text_mode, max_doc_chars
 
 def build(config, workdir: str) -> Run:
   """Tokenizer, model, objective, optimizer, mesh and the state's shape and shardings: no compilation."""
+  config = finetune.prepare_config(config)
   config_lib.check(config, jax.process_count())
   tok = load_tokenizer(config, workdir)
   m = config.model
@@ -180,23 +195,40 @@ def build(config, workdir: str) -> Run:
                      f'them all')
   fields = {k: v for k, v in m.items() if k not in ('family', 'size')}
   fields.update(vocab_size=vocab, dtype=_dtype(m.dtype))
+  records = None
+  if config.task.name:
+    objective, records = finetune.make_task(config, tok, m.family)
+    if objective.model_head:
+      fields.update(head=objective.model_head, num_labels=objective.num_labels)
+  adapters = finetune.make_adapters(config)
+  if adapters is not None:
+    if m.family in ('rnn_lm', 'rnn_seq2seq'):
+      raise ValueError('adapters (LoRA, prefix tuning) adapt attention and MLP layers: the RNN models have none')
+    fields['adapters'] = adapters
   model = models.get_model(m.family, m.size, **fields)
   tok.check_vocab_size(vocab)
   max_len = getattr(model, 'max_len', None)
   if max_len is not None and getattr(model, 'position', 'learned') == 'learned' and config.train.seq_len > max_len:
     raise ValueError(f'train.seq_len={config.train.seq_len} is longer than model.max_len={max_len} (learned '
                      f'positions): lower train.seq_len or raise model.max_len')
-  obj_fields = {k: v for k, v in config.objective.items() if k != 'name'}
-  if config.objective.name == 'span_corruption':
-    obj_fields['num_sentinels'] = tok.num_sentinels
-  if config.objective.name in ('mlm', 'nsp', 'sop'):
-    obj_fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
-  objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size,
-                              num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **obj_fields)
-  if objective.families and m.family not in objective.families:
-    raise ValueError(f'objective.name={config.objective.name!r} trains {sorted(objective.families)}, not '
-                     f'model.family={m.family!r}: pick a matching recipe from configs/')
-  tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
+  if records is None:
+    obj_fields = {k: v for k, v in config.objective.items() if k != 'name'}
+    if config.objective.name == 'span_corruption':
+      obj_fields['num_sentinels'] = tok.num_sentinels
+    if config.objective.name in ('mlm', 'nsp', 'sop'):
+      obj_fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
+    objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size,
+                                num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **obj_fields)
+    if objective.families and m.family not in objective.families:
+      raise ValueError(f'objective.name={config.objective.name!r} trains {sorted(objective.families)}, not '
+                       f'model.family={m.family!r}: pick a matching recipe from configs/')
+  example = objective.example(objective.dummy_batch(1, config.train.seq_len), np.random.default_rng(0))
+  frozen = None
+  if adapters is not None:
+    shapes = nn.unbox(jax.eval_shape(lambda r: model.init({'params': r, 'dropout': r}, **objective.inputs(example),
+                                                           deterministic=True), jax.random.key(0))['params'])
+    frozen = finetune.frozen_mask(shapes, adapters)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps, frozen)
 
   devices = _devices(config)
   if config.parallelism == 'pmap':
@@ -207,7 +239,6 @@ def build(config, workdir: str) -> Run:
     config_lib.check_batch(config, mesh.shape['data'] * mesh.shape['fsdp'],
                            f"mesh.data={mesh.shape['data']} x mesh.fsdp={mesh.shape['fsdp']}")
 
-  example = objective.example(objective.dummy_batch(1, config.train.seq_len), np.random.default_rng(0))
   init_fn = _init_fn(model, objective, tx, example)
   boxed = jax.eval_shape(init_fn, jax.random.key(0))  # shapes only; raises model field errors here
   abstract = nn.unbox(boxed)
@@ -216,14 +247,15 @@ def build(config, workdir: str) -> Run:
     param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed.params), mesh,
                                                   tuple(config.mesh.rules))
     repl = parallel.replicated(mesh)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
-                                          transform_non_params=lambda _: repl)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  frozen parameters have no state
+    opt_shardings = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abstract.opt_state,
+                                          param_shardings, transform_non_params=lambda _: repl, is_leaf=masked)
     shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   return Run(config=config, workdir=workdir, tokenizer=tok, model=model, objective=objective, tx=tx,
              schedule=schedule, mesh=mesh, devices=devices, abstract_state=abstract, state_shardings=shardings,
              n_params=n_params, flops_per_token=_flops_per_token(model, n_params, config.train.seq_len),
-             peak_flops=_peak_flops(config, devices))
+             peak_flops=_peak_flops(config, devices), records=records, frozen=frozen)
 
 
 def _init_fn(model, objective, tx, example):
@@ -251,9 +283,18 @@ def init_state(run: Run) -> TrainState:
   unboxed = lambda rng: nn.unbox(init(rng))  # noqa: E731
   rng = jax.random.key(run.config.seed)
   if run.pmap:
-    return _replicate(run, jax.jit(unboxed)(rng))
-  with _context(run):
-    return jax.jit(unboxed, out_shardings=run.state_shardings)(rng)
+    state = jax.jit(unboxed)(rng)
+  else:
+    with _context(run):
+      state = jax.jit(unboxed, out_shardings=run.state_shardings)(rng)
+  if run.config.task.init_from:
+    params, report = finetune.load_pretrained(run.config.task.init_from, state.params,
+                                              None if run.pmap else run.state_shardings.params)
+    state = state.replace(params=params)
+    _say(f"restored {report['restored']} parameter arrays from step {report['step']} of "
+         f"{run.config.task.init_from}; new: {', '.join(report['new']) or 'none'}; not used: "
+         f"{len(report['unused'])}")
+  return _replicate(run, state) if run.pmap else state
 
 
 def _replicate(run: Run, tree):
@@ -273,6 +314,8 @@ def _unreplicate(tree):
 def _losses(run: Run, params, example, rng, totals, deterministic: bool):
   """(loss for the gradient, per-term sums) for one (micro-)batch; totals: global prediction counts."""
   obj = run.objective
+  if run.frozen is not None:  # no gradient flows into frozen parameters (their weight gradients are not computed)
+    params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, run.frozen)
   outputs = run.model.apply({'params': params}, **obj.inputs(example), deterministic=deterministic,
                             rngs={'dropout': rng})
   terms = obj.terms(outputs, example)
@@ -343,10 +386,12 @@ def make_eval_step(run: Run):
 
   def step(params, example):
     counts = run.objective.counts(example)
-    terms = run.objective.terms(
-        run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True), example)
-    out = {'counts': counts, 'terms': terms}
-    return jax.lax.psum(out, axis) if axis else out
+    outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+    out = {'counts': counts, 'terms': run.objective.terms(outputs, example)}
+    out = jax.lax.psum(out, axis) if axis else out
+    if run.task:  # per-row predictions for the task's metric (gathered: replicated below)
+      out['predictions'] = run.objective.predict(outputs, example)
+    return out
 
   if run.pmap:
     return jax.pmap(step, axis_name='batch')
@@ -375,8 +420,11 @@ def example_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 # ---------------------------------------------------------------------------- evaluation
 
 def evaluate(run: Run, params, eval_step=None, docs=None) -> dict:
-  """Metrics over the validation split: the same batches and masks every time (eval_batches of them)."""
+  """Metrics over the validation split: the same batches and masks every time (eval_batches of them).
+  A fine-tuning task scores every validation example with its metric."""
   cfg = run.config
+  if run.task:
+    return evaluate_task(run, params, eval_step)
   docs = read(cfg, 'validation') if docs is None else docs
   eval_step = eval_step or make_eval_step(run)
   n_batches = cfg.train.eval_batches
@@ -413,6 +461,38 @@ def evaluate(run: Run, params, eval_step=None, docs=None) -> dict:
     metrics['loss'] += metrics[f'{k}_loss']
   if run.objective.perplexity:
     metrics['perplexity'] = math.exp(min(metrics['loss'], 50.0))
+  return metrics
+
+
+def evaluate_task(run: Run, params, eval_step=None, split: str = 'validation') -> dict:
+  """Loss and the task's metric over every example of a split, in order (each process feeds its rows of each
+  global batch; the predictions come back whole)."""
+  if not run.records.get(split):
+    return {'loss': float('nan'), 'examples': 0}
+  eval_step = eval_step or make_eval_step(run)
+  arrays, host = run.features(split)
+  global_batch, lb, pid = run.config.train.batch_size, run.local_batch, jax.process_index()
+  sums: dict[str, float] = {}
+  predictions: dict[str, list] = {}
+  for batch, real in tasks.eval_batches(arrays, global_batch):
+    local = {k: v[pid * lb:(pid + 1) * lb] for k, v in batch.items()}
+    out = eval_step(params, put(run, local))
+    if run.pmap:
+      preds = jax.device_get(out['predictions'])
+      preds = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), preds)  # [devices, rows] -> rows
+      out = jax.device_get(_unreplicate({k: v for k, v in out.items() if k != 'predictions'}))
+    else:
+      out = jax.device_get(out)
+      preds = out['predictions']
+    for k, c in out['counts'].items():
+      sums[k] = sums.get(k, 0.0) + float(c)
+      sums[k + '/loss'] = sums.get(k + '/loss', 0.0) + float(out['terms'][k][0])
+    for k, v in preds.items():
+      predictions.setdefault(k, []).append(np.asarray(v)[:real])
+  metrics = {'loss': sum(sums[k + '/loss'] / max(sums[k], 1.0) for k in out['counts'])}
+  if run.objective.perplexity:
+    metrics['perplexity'] = math.exp(min(metrics['loss'], 50.0))
+  metrics.update(run.objective.score({k: np.concatenate(v) for k, v in predictions.items()}, arrays, host))
   return metrics
 
 
@@ -496,7 +576,8 @@ def _save_config(config, workdir: str) -> None:
 
 # Fields that decide which batches, masks and parameters a run sees: a resumed run must keep them.
 _RESUME_FIELDS = ('seed', 'train.batch_size', 'train.seq_len', 'train.microbatches', 'data.source', 'data.packing',
-                  'data.tokenizer', 'data.vocab_size', 'model', 'objective', 'optimizer.decay_steps')
+                  'data.tokenizer', 'data.vocab_size', 'model', 'objective', 'optimizer.decay_steps', 'task',
+                  'adapters')
 
 
 def _check_same_run(config, workdir: str) -> None:
@@ -533,8 +614,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     if mode == 'eval':
       return _eval_only(run, checkpointer)
     if checkpointer.latest_step() is not None:
-      _check_same_run(config, workdir)
-    _save_config(config, workdir)
+      _check_same_run(run.config, workdir)
+    _save_config(run.config, workdir)
     return _train(run, checkpointer)
   finally:
     checkpointer.close()
@@ -571,17 +652,24 @@ def _write_eval(run: Run, step: int, metrics: dict) -> dict:
   return metrics
 
 
-def _train(run: Run, checkpointer) -> dict:
+def _train_dataset(run: Run):
   cfg = run.config
+  if run.task:
+    return tasks.dataset(run.features('train')[0], run.local_batch, seed=cfg.seed,
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
   train_docs = read(cfg, 'train')
   pipeline.check_corpus_fits(train_docs, run.tokenizer, cfg.train.seq_len, cfg.train.batch_size,
                              cfg.data.packing, jax.process_count())
-  val_docs = read(cfg, 'validation')
-  ds = pipeline.make_dataset(train_docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
-                             seed=cfg.seed, packing=cfg.data.packing, shard_index=jax.process_index(),
-                             shard_count=jax.process_count(), num_workers=cfg.data.num_workers,
-                             sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
-  data_iter = iter(ds)
+  return pipeline.make_dataset(train_docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
+                               seed=cfg.seed, packing=cfg.data.packing, shard_index=jax.process_index(),
+                               shard_count=jax.process_count(), num_workers=cfg.data.num_workers,
+                               sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
+
+
+def _train(run: Run, checkpointer) -> dict:
+  cfg = run.config
+  data_iter = iter(_train_dataset(run))
+  val_docs = read(cfg, 'validation') if not run.task else None
   start = checkpointer.latest_step()
   if start is not None:
     state = _restore_state(run, checkpointer, start, data_iter)
@@ -593,7 +681,14 @@ def _train(run: Run, checkpointer) -> dict:
   writer = MetricWriter(run.workdir, cfg.log.tensorboard)
   rng = jax.random.key(cfg.seed)
   tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-  _say(f'{cfg.model.family}:{cfg.model.size} {run.n_params:,} parameters | {cfg.objective.name} | '
+  what = cfg.objective.name
+  if run.task:
+    what = f'task {cfg.task.name} ({len(run.records["train"])} train / {len(run.records["validation"])} validation)'
+  if run.frozen is not None:
+    trainable = sum(int(np.prod(x.shape)) for x, f in zip(jax.tree.leaves(run.abstract_state.params),
+                                                           jax.tree.leaves(run.frozen)) if not f)
+    what += f' | {trainable:,} trainable ({100 * trainable / run.n_params:.2f}%)'
+  _say(f'{cfg.model.family}:{cfg.model.size} {run.n_params:,} parameters | {what} | '
        f'batch {cfg.train.batch_size} x {cfg.train.seq_len} | {len(run.devices)} {run.devices[0].platform} '
        f'device(s), {"pmap" if run.pmap else dict(run.mesh.shape)} | workdir {run.workdir}')
   step = start
@@ -634,7 +729,10 @@ def _train(run: Run, checkpointer) -> dict:
              + (f' | acc {acc:.3f}' if acc is not None else '') + speed + f' | ETA {eta}')
         t_log, steps_since = now, 0
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-        writer.write(step, evaluate(run, state.params, eval_step, val_docs), prefix='eval_')
+        m_eval = evaluate(run, state.params, eval_step, val_docs)
+        writer.write(step, m_eval, prefix='eval_')
+        _say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4g}' for k, v in m_eval.items() if isinstance(v, float)))
+        t_log, steps_since = time.time(), 0  # evaluation time is not training speed
       if jax.process_count() > 1:  # every process must stop at the same step
         from jax.experimental import multihost_utils
         preempt.requested = bool(multihost_utils.process_allgather(np.array(preempt.requested)).any())

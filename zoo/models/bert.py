@@ -59,6 +59,8 @@ class Bert(nn.Module):
   scan_layers: bool = False
   remat: bool = False
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
+  head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), or a task: classification, span (QA), tagging
+  num_labels: int = 2  # classes of the classification / tagging head
 
   @nn.compact
   def __call__(self, tokens, token_types=None, segment_ids=None, positions=None, mlm_positions=None,
@@ -93,6 +95,8 @@ class Bert(nn.Module):
                                  scan=self.scan_layers, remat=self.remat, shared=self.share_layers)
 
     pooled = jnp.tanh(common.dense(self.embed_dim, ('embed', 'mlp'), dtype=self.dtype, name='pooler')(x[:, 0]))
+    if self.head != 'pretraining':
+      return dict(hidden=x, pooled=pooled, logits=self._task_head(x, pooled, deterministic))
     h = x if mlm_positions is None else jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
     h = common.dense(e, ('embed', 'mlp' if not factored else 'embed_factor'), dtype=self.dtype,
                      name='mlm_transform')(h)
@@ -103,6 +107,20 @@ class Bert(nn.Module):
     mlm_logits = common.attend(token_embed, h, self.dtype) + mlm_bias
     nsp_logits = common.dense(2, ('embed', 'classes'), dtype=self.dtype, name='nsp')(pooled)
     return dict(hidden=x, pooled=pooled, mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
+
+  def _task_head(self, x, pooled, deterministic):
+    """classification: [B, num_labels] from the pooled [CLS]; span: [B, T, 2] start and end logits;
+    tagging: [B, T, num_labels]. float32."""
+    if self.head == 'classification':
+      h, features, name = pooled, self.num_labels, 'classifier'
+    elif self.head == 'span':
+      h, features, name = x, 2, 'qa_outputs'
+    elif self.head == 'tagging':
+      h, features, name = x, self.num_labels, 'tagger'
+    else:
+      raise ValueError(f"model.head={self.head!r}: use 'pretraining', 'classification', 'span' or 'tagging'")
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return common.dense(features, ('embed', 'classes'), dtype=self.dtype, name=name)(h).astype(jnp.float32)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     """Arguments for `init` (all zeros-shaped; no data needed)."""

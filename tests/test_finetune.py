@@ -1,0 +1,231 @@
+"""Fine-tuning from a pretraining checkpoint: classification and tagging beat the majority class, QA spans decode
+right, SFT scores only the target, LoRA and prefix tuning leave the base weights bit-identical."""
+import importlib
+import json
+import os
+import pathlib
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from zoo import checkpoint as ckpt
+from zoo import finetune, tasks, trainer
+from zoo.data import sources
+from zoo.data import tokenizer as tk
+from zoo.layers import adapters as ad_lib
+from zoo.tasks import demo, qa
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _set(c, overrides):
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  """A tiny BERT pretrained (MLM) for a few steps on 8 devices with data=4 x fsdp=2."""
+  docs, _ = sources.read_documents('default')
+  root = tmp_path_factory.mktemp('bert')
+  tok_path = str(root / 'spm.model')
+  tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=tok_path)
+  c = _set(importlib.import_module('configs.bert').get_config('tiny'), {
+      'data.tokenizer': tok_path, 'data.vocab_size': 1000, 'train.seq_len': 64, 'train.batch_size': 16,
+      'train.steps': 10, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.fsdp': 2})
+  workdir = str(root / 'workdir')
+  trainer.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def finetune_config(task, init_from, **overrides):
+  c = importlib.import_module('configs.finetune').get_config(task)
+  c.task.init_from = init_from
+  return _set(c, {'train.seq_len': 32, 'train.batch_size': 16, 'train.eval_every': 0, 'log.every': 5,
+                  'log.tensorboard': False, 'mesh.devices': 2, **overrides})
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def _restore_all(workdir):
+  state_dir, _ = ckpt.find_state(workdir)
+  shapes = ckpt.saved_params(state_dir)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(v, jnp.float32, sharding=one) for k, v in shapes.items()})
+  return traverse_util.flatten_dict(jax.device_get(ckpt.restore_params(state_dir, abstract)))
+
+
+def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
+  # the pretrained weights arrive bit for bit (on another topology: 2 devices instead of 8), the head is new
+  run = trainer.build(finetune_config('classification', pretrained), str(tmp_path / 'probe'))
+  state = jax.device_get(trainer.init_state(run))
+  saved = _restore_all(pretrained)
+  flat = traverse_util.flatten_dict(state.params)
+  backbone = [k for k in flat if k in saved]
+  assert len(backbone) > 30 and {k[0] for k in flat if k not in saved} == {'classifier'}
+  for k in backbone:
+    np.testing.assert_array_equal(flat[k], saved[k])
+  # fine-tuning beats the majority class on the validation split
+  metrics = trainer.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 60}),
+                                       str(tmp_path / 'cls'))
+  assert metrics['accuracy'] > metrics['majority_accuracy'] + 0.2, metrics
+  assert 0.0 <= metrics['f1'] <= 1.0 and metrics['examples'] == 200
+
+
+def test_tagging_beats_all_o(pretrained, tmp_path):
+  metrics = trainer.train_and_evaluate(finetune_config('tagging', pretrained, **{'train.steps': 150, 'optimizer.learning_rate': 5e-3}),
+                                       str(tmp_path / 'ner'))
+  assert metrics['entity_f1'] > 0.6, metrics  # predicting all 'O' (the majority tag) scores 0
+  assert metrics['word_accuracy'] > 0.8
+
+
+def _base(flat):
+  return {k: v for k, v in flat.items() if not ad_lib.is_adapter(k) and k[0] != 'classifier'}
+
+
+@pytest.mark.parametrize('kind', ['lora', 'prefix'])
+def test_adapters_train_only_themselves(pretrained, tmp_path, kind):
+  workdir = str(tmp_path / kind)
+  cfg = finetune_config(f'classification,{kind}', pretrained, **{'train.steps': 40})
+  run = trainer.build(cfg, workdir)
+  trainable = {k for k, f in traverse_util.flatten_dict(run.frozen).items() if not f}
+  sizes = {k: int(np.prod(v.shape)) for k, v in traverse_util.flatten_dict(run.abstract_state.params).items()}
+  head = sum(sizes[k] for k in trainable if k[0] == 'classifier')
+  if kind == 'lora':
+    assert sum(sizes[k] for k in trainable) - head == ad_lib.lora_param_count(run.model) == 2 * 2 * 8 * (64 + 64)
+  else:
+    assert sum(sizes[k] for k in trainable) - head == 2 * 8 * 2 * 64  # layers x P x (keys + values) x width
+  # the optimizer keeps moments for the trainable parameters only
+  opt_sizes = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.abstract_state.opt_state) if x.ndim)
+  assert opt_sizes == 2 * sum(sizes[k] for k in trainable)
+  metrics = trainer.train_and_evaluate(cfg, workdir)
+  rows = [r for r in _metrics(workdir) if 'loss' in r and 'eval_loss' not in r]
+  assert rows[-1]['loss'] < rows[0]['loss'] - 0.05, rows
+  # the base weights are bit-identical to the pretrained ones
+  after = _restore_all(workdir)
+  saved = _restore_all(pretrained)
+  base = _base(after)
+  assert len(base) > 30
+  for k, v in base.items():
+    np.testing.assert_array_equal(v, saved[k])
+  assert metrics['examples'] == 200
+  if kind == 'lora':  # merged weights give the adapted model's outputs
+    params = traverse_util.unflatten_dict(after)
+    batch = run.objective.featurize(run.records['validation'][:8], run.tokenizer, 'v')[0]
+    inputs = run.objective.inputs(batch)
+    adapted = run.model.apply({'params': params}, **inputs)['logits']
+    merged = run.model.clone(adapters=None).apply({'params': ad_lib.merge_lora(params, run.model.adapters)},
+                                                  **inputs)['logits']
+    np.testing.assert_allclose(merged, adapted, atol=1e-5)
+    assert any(np.abs(v).max() > 0 for k, v in after.items() if k[-1].endswith('_lora_b'))
+
+
+def _brute_span(s, e, mask, max_len):
+  best, arg = -np.inf, None
+  for i in range(len(s)):
+    for j in range(i, min(len(s), i + max_len)):
+      if mask[i] and mask[j] and s[i] + e[j] > best:
+        best, arg = s[i] + e[j], (i, j)
+  return arg
+
+
+def test_qa_span_decoding_on_constructed_logits():
+  rng = np.random.default_rng(0)
+  for max_len in (1, 3, 30):
+    s, e = rng.normal(size=(64, 20)), rng.normal(size=(64, 20))
+    mask = np.zeros((64, 20), np.int32)
+    mask[:, 5:18] = 1
+    starts, ends = qa.best_span(s, e, mask, max_len)
+    for row in range(64):
+      assert (int(starts[row]), int(ends[row])) == _brute_span(s[row], e[row], mask[row], max_len)
+  # the highest end before the best start, or outside the context, or too far, is never chosen
+  s = np.full((1, 10), -50.0)
+  e = np.full((1, 10), -50.0)
+  s[0, 6], e[0, 2], e[0, 9], e[0, 7] = 9.0, 20.0, 30.0, 1.0
+  mask = np.array([[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
+  assert [int(x[0]) for x in qa.best_span(s, e, mask, 3)] == [6, 7]
+
+
+def test_qa_features_and_metrics():
+  docs, _ = sources.read_documents('default')
+  tok = tk.train_tokenizer(docs[:3000], vocab_size=800, num_sentinels=0)
+  records = demo.qa(np.random.default_rng(0), 20)
+  task = tasks.make('qa', vocab_size=tok.vocab_size, num_special=9, seq_len=96)
+  arrays, host = task.featurize(records, tok, 'demo')
+  assert arrays['weights'].sum() == 20
+  for row, info in enumerate(host):  # the gold token span reads back as the answer
+    assert task.answer_text(info, arrays['start'][row], arrays['end'][row]) == records[row]['answers']['text'][0]
+    assert arrays['context_mask'][row, arrays['start'][row]] == 1
+  perfect = task.score({'span_start': arrays['start'], 'span_end': arrays['end']}, arrays, host)
+  assert perfect['exact_match'] == perfect['f1'] == 1.0
+  assert qa.exact_match('The  Eiffel tower!', 'eiffel Tower') == 1.0
+  assert qa.token_f1('in Paris today', 'Paris') == pytest.approx(0.5)
+
+
+def test_tagging_entities():
+  assert tasks.bio_entities(['B-PER', 'I-PER', 'I-LOC', 'O', 'B-LOC']) == {('PER', 0, 1), ('LOC', 2, 2),
+                                                                           ('LOC', 4, 4)}
+  task = tasks.make('tagging', vocab_size=10, num_special=9, labels=('O', 'B-PER', 'I-PER'))
+  gold = [['B-PER', 'I-PER', 'O']]
+  arrays = {'word_index': np.array([[-1, 0, 1, -1, 2, -1]])}  # word 1 has two pieces
+  half = task.score({'tags': np.array([[0, 1, 0, 0, 0, 0]])}, arrays, gold)  # predicts PER (0, 0): wrong end
+  assert half['entity_f1'] == 0.0 and half['word_accuracy'] == pytest.approx(2 / 3)
+  right = task.score({'tags': np.array([[0, 1, 2, 0, 0, 0]])}, arrays, gold)
+  assert right['entity_f1'] == 1.0
+
+
+def test_sft_weights_cover_the_target_only():
+  docs, _ = sources.read_documents('default')
+  tok = tk.train_tokenizer(docs[:3000], vocab_size=800, num_sentinels=0)
+  rec = [{'input': 'reverse: red cat', 'target': 'cat red'}]
+  target = tok.encode('cat red') + [tk.EOS]
+  context = tok.encode('reverse: red cat')
+  causal = tasks.make('sft', vocab_size=800, num_special=9, seq_len=24)
+  a, _ = causal.featurize(rec, tok, 'x')
+  w = a['weights'][0] > 0
+  assert list(a['targets'][0][w]) == target  # exactly the target tokens (and [EOS]) are predicted
+  assert w.sum() == len(target) and a['tokens'][0, :len(context)].tolist() == context
+  s2s = tasks.make('sft', vocab_size=800, num_special=9, seq_len=24, encoder_decoder=True, decoder_start=tk.PAD)
+  b, _ = s2s.featurize(rec, tok, 'x')
+  assert b['tokens'][0, :len(context)].tolist() == context
+  assert list(b['targets'][0][b['weights'][0] > 0]) == target
+  assert b['decoder_tokens'][0, :len(target)].tolist() == [tk.PAD] + target[:-1]
+
+
+@pytest.mark.parametrize('family', ['gpt', 't5'])
+def test_sft_learns(family, tmp_path):
+  c = finetune_config('sft', '', **{'train.steps': 100, 'train.seq_len': 24, 'data.vocab_size': 1000,
+                                    'optimizer.learning_rate': 3e-3})
+  from zoo import config as config_lib
+  config_lib.set_model(c, family, 'tiny')
+  metrics = trainer.train_and_evaluate(c, str(tmp_path / family))
+  rows = [r for r in _metrics(str(tmp_path / family)) if 'loss' in r and 'eval_loss' not in r]
+  assert rows[-1]['loss'] < rows[0]['loss'] - 1.0
+  assert metrics['loss'] < rows[0]['loss'] - 1.0 and 0.0 < metrics['token_accuracy'] <= 1.0, metrics
+
+
+def test_bad_task_configs_are_refused(pretrained, tmp_path):
+  with pytest.raises(ValueError, match='task.fields|task.text_field'):
+    c = finetune_config('classification', pretrained, **{'task.fields.text_field': 'text'})
+    trainer.build(c, str(tmp_path / 'a'))
+  with pytest.raises(FileNotFoundError, match='no file'):
+    trainer.build(finetune_config('classification', pretrained, **{'task.train': 'tsv:/nonexistent.tsv'}),
+                  str(tmp_path / 'b'))
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    trainer.build(finetune_config('classification', str(tmp_path)), str(tmp_path / 'c'))
+  with pytest.raises(ValueError, match='fine-tunes'):
+    trainer.build(finetune_config('qa', '', **{'model.family': 'gpt'}), str(tmp_path / 'd'))

@@ -1,0 +1,148 @@
+"""Fine-tuning from a pretraining workdir: the model and tokenizer it was trained with, the task and its data,
+the parameters restored onto the new run's devices, and which parameters train (all of them; or, with LoRA or
+prefix tuning, only the adapters and the new head).
+
+A fine-tuning recipe sets `task.name`, `task.init_from` (a workdir train.py pretrained, or one of its
+checkpoints/<step> directories, trained on any topology), `task.train` / `task.validation` and the task's
+columns (`task.fields`); see configs/finetune_classify.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from zoo import checkpoint as ckpt
+from zoo import tasks
+from zoo.data import tokenizer as tk
+from zoo.layers import adapters as adapters_lib
+
+log = logging.getLogger('zoo')
+
+HEADS = ('classifier', 'qa_outputs', 'tagger')  # parameters a task adds (always trained)
+_KEEP = ('dtype', 'dropout_rate')  # model fields the fine-tuning config keeps; the rest come from the checkpoint
+
+
+def pretrained_config(init_from: str) -> ml_collections.ConfigDict:
+  """The config.json of the workdir `init_from` (or of the workdir above a checkpoint directory)."""
+  path = os.path.abspath(os.path.expanduser(init_from))
+  for d in (path, os.path.dirname(os.path.dirname(path))):
+    if os.path.isfile(os.path.join(d, 'config.json')):
+      with open(os.path.join(d, 'config.json')) as f:
+        return ml_collections.ConfigDict(json.load(f)), d
+  raise FileNotFoundError(f'task.init_from={init_from!r}: no config.json there; point it at a workdir that '
+                          f'train.py pretrained')
+
+
+def prepare_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model (and tokenizer) are the pretrained run's when task.init_from is set.
+  Idempotent; a pretraining config comes back unchanged."""
+  if not config.task.name:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.task.init_from:
+    _inherit(config)
+  if config.optimizer.learning_rate <= 0:  # auto: high for the tiny CPU models, BERT's 3e-5 for real sizes
+    adapters = config.adapters.lora_rank > 0 or config.adapters.prefix_length > 0  # these want more
+    config.optimizer.learning_rate = (1e-2 if adapters else 2e-3) if config.model.size == 'tiny' else \
+        (1e-3 if adapters else 3e-5)
+  return config
+
+
+def _inherit(config) -> None:
+  """The pretrained run's model fields (but this config's dtype and dropout_rate) and tokenizer."""
+  saved, workdir = pretrained_config(config.task.init_from)
+  keep = {k: config.model[k] for k in _KEEP}
+  config.model = ml_collections.ConfigDict(saved.model.to_dict())
+  config.model.update(keep)
+  if config.data.tokenizer == 'train':
+    if saved.data.tokenizer != 'train':
+      config.data.tokenizer = saved.data.tokenizer
+    else:
+      config.data.tokenizer = os.path.join(workdir, 'tokenizer.model')
+      if not os.path.isfile(config.data.tokenizer):
+        raise FileNotFoundError(f'task.init_from: {config.data.tokenizer} is missing; the tokenizer the model '
+                                f'was pretrained with is needed (or set data.tokenizer to it)')
+  config.data.vocab_size = saved.data.vocab_size
+  config.task.pretrained_objective = saved.objective.name
+
+
+def make_adapters(config) -> adapters_lib.Adapters | None:
+  a = config.adapters
+  ad = adapters_lib.Adapters(lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                             lora_targets=tuple(t.strip() for t in a.lora_targets.split(',') if t.strip()),
+                             prefix_length=a.prefix_length, prefix_hidden=a.prefix_hidden)
+  return ad if ad.active else None
+
+
+def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task, dict]:
+  """The task object (labels read from the training set) and its records {'train': [...], 'validation': [...]}."""
+  t = config.task
+  if not t.train:
+    raise ValueError(f'task.name={t.name!r} needs task.train: tsv:<path>, csv:<path>, jsonl:<path> or '
+                     f'tfds:<name>[:<split>]')
+  fields = dict(t.fields.to_dict()) if t.fields else {}
+  for key in ('labels', 'lora_targets'):
+    if isinstance(fields.get(key), str):
+      fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
+  if t.name == 'sft':
+    fields.update(encoder_decoder=family in ('t5', 'bart', 'rnn_seq2seq'), glm=family == 'glm',
+                  decoder_start=tk.PAD if t.get('pretrained_objective', '') == 'span_corruption' else tk.BOS)
+  task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
+                    seq_len=config.train.seq_len, **fields)
+  if task.families and family not in task.families:
+    raise ValueError(f'task.name={t.name!r} fine-tunes {sorted(task.families)}, not model.family={family!r}')
+  data_dir = t.data_dir or None
+  records = {'train': tasks.read_records(t.train, field='task.train', data_dir=data_dir, default_split='train')}
+  records['validation'] = (tasks.read_records(t.validation, field='task.validation', data_dir=data_dir,
+                                              default_split='validation') if t.validation else [])
+  if hasattr(task, 'set_labels'):
+    task.set_labels(records['train'], t.train)
+  for split in ('train', 'validation'):  # the columns are right: fail now, not after compiling
+    if records[split]:
+      task.featurize(records[split][:1], tokenizer, f'task.{split}={t[split]!r}')
+  return task, records
+
+
+def frozen_mask(abstract_params, adapters) -> object | None:
+  """True for parameters that stay frozen: with adapters, everything but them and the task head; else None."""
+  if adapters is None:
+    return None
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: not (adapters_lib.is_adapter(p) or any(getattr(k, 'key', None) in HEADS for k in p)),
+      abstract_params)
+
+
+def load_pretrained(init_from: str, params, shardings=None):
+  """`params` with every parameter the checkpoint of `init_from` also holds (same path, same shape) replaced by
+  the saved one, placed as `shardings` says (or as the current leaves are). The others (a new head, adapters)
+  keep their initial values. Returns (params, report dict)."""
+  state_dir, step = ckpt.find_state(init_from)
+  saved = ckpt.saved_params(state_dir)
+  flat = traverse_util.flatten_dict(params)
+  flat_sh = traverse_util.flatten_dict(shardings) if shardings is not None else {k: v.sharding for k, v in flat.items()}
+  wanted = {}
+  for k, v in flat.items():
+    if k in saved:
+      if saved[k] != tuple(v.shape):
+        raise ValueError(f"task.init_from: parameter {'/'.join(k)} is {saved[k]} in {state_dir} but {tuple(v.shape)} "
+                         f'in this model: the model fields must be those of the pretraining run')
+      wanted[k] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=flat_sh[k])
+  if not wanted:
+    raise ValueError(f'task.init_from: no parameter of this model is in {state_dir}: was it trained with '
+                     f'another model family or with scan_layers set otherwise?')
+  restored = traverse_util.flatten_dict(ckpt.restore_params(state_dir, traverse_util.unflatten_dict(wanted)))
+  flat.update(restored)
+  report = {'step': step, 'restored': len(restored), 'new': sorted('/'.join(k) for k in flat if k not in wanted),
+            'unused': sorted('/'.join(k) for k in saved if k not in flat)}
+  return traverse_util.unflatten_dict(flat), report
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(tree))))
