@@ -599,10 +599,12 @@ def _check_same_run(config, workdir: str) -> None:
                      f'learning-rate schedule follows it: to extend or split a run, fix optimizer.decay_steps')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train') -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train',
+                       callback: Callable[[int, dict], None] | None = None) -> dict:
   """Train (resuming from the newest checkpoint in workdir) and evaluate; or, with mode='eval', restore the
   newest checkpoint onto the devices present and evaluate. Returns the final eval metrics (also written to
-  workdir/eval.json)."""
+  workdir/eval.json). callback(step, metrics) runs on process 0 at every logged step (eval metrics carry an
+  'eval_' prefix): a notebook's progress bar and live plot (zoo.notebook.LiveProgress)."""
   if mode not in ('train', 'eval'):
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
   workdir = os.path.abspath(workdir)
@@ -616,7 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     if checkpointer.latest_step() is not None:
       _check_same_run(run.config, workdir)
     _save_config(run.config, workdir)
-    return _train(run, checkpointer)
+    return _train(run, checkpointer, callback)
   finally:
     checkpointer.close()
 
@@ -666,7 +668,7 @@ def _train_dataset(run: Run):
                                sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
 
 
-def _train(run: Run, checkpointer) -> dict:
+def _train(run: Run, checkpointer, callback=None) -> dict:
   cfg = run.config
   data_iter = iter(_train_dataset(run))
   val_docs = read(cfg, 'validation') if not run.task else None
@@ -722,6 +724,8 @@ def _train(run: Run, checkpointer) -> dict:
         if run.objective.perplexity:
           m['perplexity'] = math.exp(min(m['loss'], 50.0))
         writer.write(step, m)
+        if callback is not None and jax.process_index() == 0:
+          callback(step, {**m, 'total_steps': cfg.train.steps})
         last = m
         speed = f" | {m['tokens_per_s'] / 1000:.1f}k tok/s | MFU {100 * m['mfu']:.1f}%" if 'mfu' in m else ''
         acc = next((v for k, v in m.items() if k.endswith('_accuracy')), None)
@@ -731,6 +735,8 @@ def _train(run: Run, checkpointer) -> dict:
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
         m_eval = evaluate(run, state.params, eval_step, val_docs)
         writer.write(step, m_eval, prefix='eval_')
+        if callback is not None and jax.process_index() == 0:
+          callback(step, {f'eval_{k}': v for k, v in m_eval.items()})
         _say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4g}' for k, v in m_eval.items() if isinstance(v, float)))
         t_log, steps_since = time.time(), 0  # evaluation time is not training speed
       if jax.process_count() > 1:  # every process must stop at the same step
@@ -748,5 +754,7 @@ def _train(run: Run, checkpointer) -> dict:
   checkpointer.wait()
   metrics = evaluate(run, state.params, eval_step, val_docs)
   writer.write(step, metrics, prefix='eval_')
+  if callback is not None and jax.process_index() == 0:
+    callback(step, {f'eval_{k}': v for k, v in metrics.items()})
   writer.close()
   return _write_eval(run, step, metrics)

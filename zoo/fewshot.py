@@ -1,0 +1,159 @@
+"""Few-shot evaluation: zero-, one- and few-shot prompts built from a task's examples; multiple-choice tasks
+scored by the total log-likelihood of each choice, generation tasks by exact match of the greedy answer.
+
+  python -m zoo.fewshot --workdir=workdir/gpt --data=demo:sentiment:validation --shots=3 \\
+      --template='Review: {sentence}\\nSentiment:' --target_field=label --choices=positive,negative
+
+A prompt is `shots` demonstrations (drawn from `demos`, never the question itself), each the template filled
+with an example and followed by its answer, then the question's filled template. A choice's score is
+sum_t log p(choice_t | prompt, choice_<t) under the model (GPT, the RNN LMs: one sequence; T5 / BART / the RNN
+encoder-decoder: the prompt encoded, the choice decoded).
+
+>>> build_prompt({'q': '2+2'}, [{'q': '1+1', 'a': '2'}], '{q} =', 'a')
+'1+1 = 2\\n\\n2+2 ='
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.data import tokenizer as tk
+from zoo.tasks.qa import normalize_answer
+
+ENCODER_DECODERS = ('t5', 'bart', 'rnn_seq2seq')
+
+
+def build_prompt(example: dict, demos: Sequence[dict], template: str, target_field: str,
+                 separator: str = '\n\n') -> str:
+  """The demonstrations (template + ' ' + answer) and then the example's template, joined by `separator`."""
+  parts = [template.format(**d) + ' ' + str(d[target_field]) for d in demos]
+  return separator.join(parts + [template.format(**example)])
+
+
+def pick_demos(records: Sequence[dict], shots: int, seed: int, exclude: int | None = None) -> list[dict]:
+  """`shots` examples drawn without replacement (the same for a seed), never the one at index `exclude`."""
+  if shots <= 0:
+    return []
+  pool = [i for i in range(len(records)) if i != exclude]
+  if len(pool) < shots:
+    raise ValueError(f'{shots} shots need {shots} demonstrations; there are {len(pool)}')
+  idx = np.random.default_rng(seed).choice(pool, shots, replace=False)
+  return [records[i] for i in idx]
+
+
+def _bucket(n: int, multiple: int = 16) -> int:
+  return multiple * -(-n // multiple)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _lm_logp(model, params, tokens, targets, weights):
+  logits = model.apply({'params': params}, tokens, segment_ids=(tokens != 0).astype(jnp.int32) | (weights > 0))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  return (jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum(-1)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _s2s_logp(model, params, src, dec_in, targets, weights):
+  logp = jax.nn.log_softmax(model.apply({'params': params}, src, dec_in).astype(jnp.float32), -1)
+  return (jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum(-1)
+
+
+def choice_loglik(model, params, tokenizer, family: str, prompt: str, choices: Sequence[str],
+                  start_id: int = tk.BOS) -> np.ndarray:
+  """Total log-likelihood of each choice after the prompt: [len(choices)] float."""
+  p = tokenizer.encode(prompt)
+  cs = [tokenizer.encode(' ' + c if not c.startswith(' ') else c) for c in choices]
+  n = len(cs)
+  if family in ENCODER_DECODERS:
+    length = _bucket(max(len(c) for c in cs) + 1)
+    src = np.zeros((n, _bucket(len(p) + 1)), np.int32)
+    src[:, :len(p) + 1] = p + [tk.EOS]
+    dec, tgt, w = (np.zeros((n, length), np.int32) for _ in range(2)) + (np.zeros((n, length), np.float32),)
+    for i, c in enumerate(cs):
+      dec[i, :len(c)] = [start_id] + c[:-1]
+      tgt[i, :len(c)] = c
+      w[i, :len(c)] = 1
+    return np.asarray(_s2s_logp(model, params, src, dec, tgt, w))
+  length = _bucket(len(p) + max(len(c) for c in cs))
+  tokens, tgt = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
+  w = np.zeros((n, length), np.float32)
+  for i, c in enumerate(cs):
+    seq = p + c
+    tokens[i, :len(seq)] = seq
+    tgt[i, :len(seq) - 1] = seq[1:]
+    w[i, len(p) - 1:len(seq) - 1] = 1  # the positions that predict the choice's tokens
+  return np.asarray(_lm_logp(model, params, tokens, tgt, w))
+
+
+def evaluate_choices(model, params, tokenizer, family: str, records: Sequence[dict], *, template: str,
+                     target_field: str, choices: Sequence[str] | str, shots: int = 0, demos: Sequence[dict] = (),
+                     seed: int = 0, start_id: int = tk.BOS) -> dict:
+  """Multiple choice: accuracy of picking the choice with the highest total log-likelihood. `choices` is the
+  list of answers every example shares, or the name of a field holding each example's own list."""
+  correct, picks = 0, []
+  for i, r in enumerate(records):
+    options = list(r[choices]) if isinstance(choices, str) else list(choices)
+    pool = demos or records
+    prompt = build_prompt(r, pick_demos(pool, shots, seed + i, None if demos else i), template, target_field)
+    scores = choice_loglik(model, params, tokenizer, family, prompt, [str(o) for o in options], start_id)
+    pick = int(np.argmax(scores))
+    picks.append(pick)
+    correct += str(options[pick]) == str(r[target_field])
+  return {'accuracy': correct / max(len(records), 1), 'examples': len(records), 'shots': shots, 'picks': picks}
+
+
+def evaluate_generation(loaded, records: Sequence[dict], *, template: str, target_field: str, shots: int = 0,
+                        demos: Sequence[dict] = (), seed: int = 0, max_new: int = 20) -> dict:
+  """Generation: exact match (SQuAD normalisation, first line) of the greedy answer with the target."""
+  from zoo import api
+  prompts = [build_prompt(r, pick_demos(demos or records, shots, seed + i, None if demos else i), template,
+                          target_field) for i, r in enumerate(records)]
+  answers = api.generate(loaded, prompts, max_new=max_new)
+  answers = [a.strip().split('\n')[0] for a in answers]
+  em = [normalize_answer(a) == normalize_answer(str(r[target_field])) for a, r in zip(answers, records)]
+  return {'exact_match': float(np.mean(em)) if em else 0.0, 'examples': len(records), 'shots': shots,
+          'answers': answers}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(prog='python -m zoo.fewshot', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--data', required=True, help='examples: tsv:, csv:, jsonl:, tfds:, demo:<set>[:<split>]')
+  parser.add_argument('--demos', default='', help='where demonstrations come from (default: the other examples)')
+  parser.add_argument('--template', required=True, help="e.g. 'Q: {question}\\nA:' (fields in braces)")
+  parser.add_argument('--target_field', required=True)
+  parser.add_argument('--choices', default='', help='comma-separated answers, or @field for per-example lists; '
+                      'empty: a generation task scored by exact match')
+  parser.add_argument('--shots', type=int, default=0)
+  parser.add_argument('--limit', type=int, default=200, help='examples scored (0: all)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--max_new', type=int, default=20)
+  args = parser.parse_args(argv)
+  from zoo import api
+  from zoo.tasks import read_records
+  loaded = api.load(args.workdir)
+  records = read_records(args.data, field='--data', default_split='validation')
+  records = records[:args.limit] if args.limit > 0 else records
+  demos = read_records(args.demos, field='--demos') if args.demos else []
+  template = args.template.encode().decode('unicode_escape')
+  if args.choices:
+    choices = args.choices[1:] if args.choices.startswith('@') else [c for c in args.choices.split(',')]
+    out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, loaded.family, records, template=template,
+                           target_field=args.target_field, choices=choices, shots=args.shots, demos=demos,
+                           seed=args.seed, start_id=api._start_id(loaded.config))
+  else:
+    out = evaluate_generation(loaded, records, template=template, target_field=args.target_field, shots=args.shots,
+                              demos=demos, seed=args.seed, max_new=args.max_new)
+  summary: dict[str, Any] = {k: v for k, v in out.items() if k not in ('picks', 'answers')}
+  print(json.dumps(summary))
+  return summary
+
+
+if __name__ == '__main__':
+  main()
