@@ -14,7 +14,9 @@ INSTALL_REQUIRES = [
     'tensorboardX>=2.6.5',  # TensorBoard event files without TensorFlow
     'importlib_resources>=6.0',  # tensorflow-datasets needs it to prepare a local builder, and does not declare it
     'numpy>=1.26',
-    'safetensors>=0.4',  # HuggingFace weights in and out (zoo.convert), read as numpy: no PyTorch needed
+    'safetensors>=0.4',
+    'matplotlib>=3.8',  # python -m zoo.plot and the notebooks' loss plots
+    'tqdm>=4.66',  # the notebooks' progress bars  # HuggingFace weights in and out (zoo.convert), read as numpy: no PyTorch needed
 ]
 # The reference implementation the HF parity tests compare with. The CPU build of torch 2.13 is what these
 # tests ran with on Python 3.11; elsewhere the parity tests skip (they need torch) rather than pull a CUDA build.
@@ -34,7 +36,8 @@ setup(
         'cuda': ['jax[cuda12]>=0.10.2'],
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
         'hf': ['torch>=2.13', 'transformers>=5.23'],  # reading PyTorch .bin files (weights only); parity checks
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1'] + PARITY,
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1',
+                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'] + PARITY,  # the colab/ notebooks run
     },
     license='Apache-2.0',
 )

@@ -15,7 +15,8 @@ from zoo.config import base_config
 
 DEFAULTS = {
     'classification': dict(init_from='workdir/bert', data='demo:sentiment',
-                           fields=dict(text_field='sentence', text_pair_field='', label_field='label')),
+                           fields=dict(text_field='sentence', text_pair_field='', label_field='label',
+                                       pooling='cls')),
     'tagging': dict(init_from='workdir/bert', data='demo:names', fields=dict(tokens_field='tokens', tags_field='tags')),
     'qa': dict(init_from='workdir/bert', data='demo:qa',
                fields=dict(question_field='question', context_field='context', answers_field='answers',
@@ -52,6 +53,10 @@ def get_config(arg: str = 'classification'):
     c.adapters.lora_targets = 'query,value'
   if 'prefix' in options:
     c.adapters.prefix_length = 8
+  if options and task == 'classification':
+    # a frozen backbone's [CLS] holds only what pretraining put there (MLM alone leaves it nearly constant):
+    # with adapters, classify from the mean of the token states
+    c.task.fields.pooling = 'mean'
   unknown = set(options) - {'lora', 'prefix'}
   if unknown:
     raise ValueError(f'configs/finetune.py:{arg}: unknown option(s) {sorted(unknown)}; use lora or prefix')

@@ -92,45 +92,43 @@ def test_tagging_beats_all_o(pretrained, tmp_path):
   assert metrics['word_accuracy'] > 0.8
 
 
-def _base(flat):
-  return {k: v for k, v in flat.items() if not ad_lib.is_adapter(k) and k[0] != 'classifier'}
-
-
 @pytest.mark.parametrize('kind', ['lora', 'prefix'])
-def test_adapters_train_only_themselves(pretrained, tmp_path, kind):
+def test_adapters_train_only_themselves(tmp_path, kind):
+  """SFT of a GPT whose base is frozen: only the adapters train (no head), so a falling loss is their doing."""
+  from zoo import config as config_lib
   workdir = str(tmp_path / kind)
-  cfg = finetune_config(f'classification,{kind}', pretrained, **{'train.steps': 40})
+  cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40, 'train.seq_len': 24, 'data.vocab_size': 1000,
+                                               'mesh.devices': 2})
+  config_lib.set_model(cfg, 'gpt', 'tiny')
   run = trainer.build(cfg, workdir)
+  initial = traverse_util.flatten_dict(jax.device_get(trainer.init_state(run).params))
   trainable = {k for k, f in traverse_util.flatten_dict(run.frozen).items() if not f}
   sizes = {k: int(np.prod(v.shape)) for k, v in traverse_util.flatten_dict(run.abstract_state.params).items()}
-  head = sum(sizes[k] for k in trainable if k[0] == 'classifier')
-  if kind == 'lora':
-    assert sum(sizes[k] for k in trainable) - head == ad_lib.lora_param_count(run.model) == 2 * 2 * 8 * (64 + 64)
-  else:
-    assert sum(sizes[k] for k in trainable) - head == 2 * 8 * 2 * 64  # layers x P x (keys + values) x width
-  # the optimizer keeps moments for the trainable parameters only
+  n = sum(sizes[k] for k in trainable)
+  if kind == 'lora':  # layers x (query, value) x rank x (in + out)
+    assert n == ad_lib.lora_param_count(run.model) == 2 * 2 * 8 * (64 + 64)
+  else:  # layers x prefix length x (keys + values) x width
+    assert n == 2 * 8 * 2 * 64
+  # the optimizer keeps Adam's two moments for the trainable parameters only
   opt_sizes = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.abstract_state.opt_state) if x.ndim)
-  assert opt_sizes == 2 * sum(sizes[k] for k in trainable)
+  assert opt_sizes == 2 * n
   metrics = trainer.train_and_evaluate(cfg, workdir)
   rows = [r for r in _metrics(workdir) if 'loss' in r and 'eval_loss' not in r]
-  assert rows[-1]['loss'] < rows[0]['loss'] - 0.05, rows
-  # the base weights are bit-identical to the pretrained ones
+  assert rows[-1]['loss'] < rows[0]['loss'] - 0.15, rows  # the adapters alone lower the loss
   after = _restore_all(workdir)
-  saved = _restore_all(pretrained)
-  base = _base(after)
-  assert len(base) > 30
-  for k, v in base.items():
-    np.testing.assert_array_equal(v, saved[k])
-  assert metrics['examples'] == 200
-  if kind == 'lora':  # merged weights give the adapted model's outputs
+  base = {k: v for k, v in after.items() if not ad_lib.is_adapter(k)}
+  assert len(base) == len(initial) - len(trainable) > 20
+  for k, v in base.items():  # the base weights are bit-identical to where they started
+    np.testing.assert_array_equal(v, initial[k])
+  assert any(not np.array_equal(after[k], initial[k]) for k in trainable)
+  if kind == 'lora':  # the merged weights give the adapted model's outputs
     params = traverse_util.unflatten_dict(after)
     batch = run.objective.featurize(run.records['validation'][:8], run.tokenizer, 'v')[0]
     inputs = run.objective.inputs(batch)
-    adapted = run.model.apply({'params': params}, **inputs)['logits']
-    merged = run.model.clone(adapters=None).apply({'params': ad_lib.merge_lora(params, run.model.adapters)},
-                                                  **inputs)['logits']
+    adapted = run.model.apply({'params': params}, **inputs)
+    merged = run.model.clone(adapters=None).apply({'params': ad_lib.merge_lora(params, run.model.adapters)}, **inputs)
     np.testing.assert_allclose(merged, adapted, atol=1e-5)
-    assert any(np.abs(v).max() > 0 for k, v in after.items() if k[-1].endswith('_lora_b'))
+  assert metrics['examples'] == 200
 
 
 def _brute_span(s, e, mask, max_len):

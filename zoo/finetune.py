@@ -25,7 +25,7 @@ from zoo.layers import adapters as adapters_lib
 
 log = logging.getLogger('zoo')
 
-HEADS = ('classifier', 'qa_outputs', 'tagger')  # parameters a task adds (always trained)
+HEADS = ('classifier', 'qa_outputs', 'tagger', 'pooler')  # a task's head (always trained; the pooler feeds it)
 _KEEP = ('dtype', 'dropout_rate')  # model fields the fine-tuning config keeps; the rest come from the checkpoint
 
 

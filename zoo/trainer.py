@@ -200,6 +200,8 @@ def build(config, workdir: str) -> Run:
     objective, records = finetune.make_task(config, tok, m.family)
     if objective.model_head:
       fields.update(head=objective.model_head, num_labels=objective.num_labels)
+      if getattr(objective, 'pooling', 'cls') != 'cls':
+        fields['pooling'] = objective.pooling
   adapters = finetune.make_adapters(config)
   if adapters is not None:
     if m.family in ('rnn_lm', 'rnn_seq2seq'):

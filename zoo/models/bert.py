@@ -61,6 +61,7 @@ class Bert(nn.Module):
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
   head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), or a task: classification, span (QA), tagging
   num_labels: int = 2  # classes of the classification / tagging head
+  pooling: str = 'cls'  # classification input: 'cls' (the pooled [CLS], as BERT) or 'mean' (of the tokens)
 
   @nn.compact
   def __call__(self, tokens, token_types=None, segment_ids=None, positions=None, mlm_positions=None,
@@ -96,6 +97,11 @@ class Bert(nn.Module):
 
     pooled = jnp.tanh(common.dense(self.embed_dim, ('embed', 'mlp'), dtype=self.dtype, name='pooler')(x[:, 0]))
     if self.head != 'pretraining':
+      if self.pooling == 'mean':
+        valid = (segment_ids > 0)[..., None]
+        pooled = (x * valid).sum(1) / jnp.maximum(valid.sum(1), 1)
+      elif self.pooling != 'cls':
+        raise ValueError(f"model.pooling={self.pooling!r}: use 'cls' or 'mean'")
       return dict(hidden=x, pooled=pooled, logits=self._task_head(x, pooled, deterministic))
     h = x if mlm_positions is None else jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
     h = common.dense(e, ('embed', 'mlp' if not factored else 'embed_factor'), dtype=self.dtype,

@@ -49,6 +49,7 @@ class Classification(Task):
   text_pair_field: str = ''
   label_field: str = 'label'
   labels: tuple = ()  # label names in index order (set from the training set when empty)
+  pooling: str = 'cls'  # 'cls': BERT's pooled [CLS]; 'mean': the mean of the token states (no pooler)
   model_head: str = 'classification'
 
   name = 'classification'
