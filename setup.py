@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
 ]
 # The reference implementation the HF parity tests compare with. The CPU build of torch 2.13 is what these
 # tests ran with on Python 3.11; elsewhere the parity tests skip (they need torch) rather than pull a CUDA build.
-PARITY = ['torch>=2.13,<2.14; python_version=="3.11"', 'transformers>=5.23; python_version=="3.11"']
+PARITY = ['torch>=2.13,<2.14; python_version=="3.11"', 'transformers>=5.23; python_version=="3.11"',
+          'tokenizers>=0.23; python_version=="3.11"']
 
 setup(
     name='zoo',
@@ -35,7 +36,7 @@ setup(
         'tpu': ['jax[tpu]>=0.10.2'],  # brings libtpu: also for ahead-of-time compilation on a CPU host
         'cuda': ['jax[cuda12]>=0.10.2'],
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
-        'hf': ['torch>=2.13', 'transformers>=5.23'],  # reading PyTorch .bin files (weights only); parity checks
+        'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23'],  # HF tokenizers; .bin weights (weights only)
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1',
                  'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'] + PARITY,  # the colab/ notebooks run
     },

@@ -135,3 +135,25 @@ def test_bad_adapters_are_refused():
     Adapters(lora_rank=2, lora_targets=('qkv',))
   with pytest.raises(ValueError, match='lora_dropout'):
     Adapters(lora_rank=2, lora_dropout=1.0)
+
+
+def test_prefix_in_an_encoder_decoder_caches_like_the_full_pass():
+  """T5 with prefixes in every encoder and decoder self-attention (not in cross-attention): decoding with the
+  cache gives the full forward pass's logits."""
+  model = models.get_model('t5', 'tiny', dropout_rate=0.0, adapters=Adapters(prefix_length=2))
+  batch = _batch('t5', t=8)
+  params = _init(model, **batch)
+  flat = traverse_util.flatten_dict(params)
+  owners = {k[:-1] for k in flat if k[-1] == 'prefix'}
+  assert {o[0] for o in owners} == {'encoder', 'decoder'} and all(o[-1] == 'self_attention' for o in owners)
+  full = model.apply({'params': params}, **batch)
+  src, tgt = batch['tokens'], batch['decoder_tokens']
+  encoded = model.apply({'params': params}, src, method='encode')
+  cache = model.init(jax.random.key(0), src, tgt, decode=True)['cache']
+  steps = []
+  for t in range(tgt.shape[1]):
+    logits, mut = model.apply({'params': params, 'cache': cache}, tgt[:, t:t + 1], encoded, (src != 0).astype(jnp.int32),
+                              method='decode', decode=True, mutable=['cache'])
+    cache = mut['cache']
+    steps.append(logits[:, 0])
+  np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4)

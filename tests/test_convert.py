@@ -311,6 +311,12 @@ def test_cli_import_export_with_sentencepiece_vocabulary(hf_gpt, tmp_path):
   assert meta['family'] == 'gpt' and meta['tokenizer']['files'] == ['spiece.model']
   assert meta['tokenizer']['zoo_tokenizer'] is False and 'not a zoo tokenizer' in meta['tokenizer']['note']
   assert (out / convert.HF_TOKENIZER_DIR / 'spiece.model').read_bytes() == (hf_dir / 'spiece.model').read_bytes()
+  assert meta['tokenizer']['hf_tokenizer'] == 'sentencepiece' and 'HFTokenizer' in meta['tokenizer']['note']
+  tok = convert.load_zoo_tokenizer(str(out))  # read with T5's conventions (pad 0, eos 1, unk 2)
+  sp = spm.SentencePieceProcessor(model_file=str(hf_dir / 'spiece.model'))
+  assert tok.encode('hello world') == sp.encode('hello world') and tok.decode(sp.encode('a test')) == 'a test'
+  assert (tok.pad_id, tok.eos_id, tok.unk_id) == (0, 1, 2) and tok.encode('a', add_special_tokens=True)[-1] == 1
+  assert convert.load_zoo_tokenizer(str(tmp_path)) is None  # no hf_tokenizer/ there
 
   model, params, _, _ = convert.load_zoo(str(out))
   mask = _gpt_inputs(model.vocab_size)[1].astype(bool)

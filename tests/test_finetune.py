@@ -226,3 +226,51 @@ def test_bad_task_configs_are_refused(pretrained, tmp_path):
     trainer.build(finetune_config('classification', str(tmp_path)), str(tmp_path / 'c'))
   with pytest.raises(ValueError, match='fine-tunes'):
     trainer.build(finetune_config('qa', '', **{'model.family': 'gpt'}), str(tmp_path / 'd'))
+
+
+def test_sentence_pairs_cut_the_longer_text_first():
+  class Tok:
+    def encode(self, text):
+      return [10 + len(w) for w in text.split()]
+  ids, types = tasks.classification.encode_pair(Tok(), 'a bb ccc dddd', 'x y', seq_len=8)
+  # [CLS] a a a [SEP] b b [SEP]: 5 budget tokens; the first text (4 words) is cut to 3, the pair keeps 2
+  assert ids == [tk.CLS, 11, 12, 13, tk.SEP, 11, 11, tk.SEP]
+  assert types == [0, 0, 0, 0, 0, 1, 1, 1]
+  single, t1 = tasks.classification.encode_pair(Tok(), 'a bb', None, seq_len=8)
+  assert single == [tk.CLS, 11, 12, tk.SEP] and t1 == [0] * 4
+
+
+def test_tfds_examples_come_back_with_label_names(tmp_path):
+  """A prepared TFDS dataset (array_record, no TensorFlow) with ClassLabel features, read by name and by its
+  directory alone (how glue / conll2003 are read when their builder code needs TensorFlow)."""
+  import tensorflow_datasets as tfds
+
+  class ToyNer(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'sentence': tfds.features.Text(), 'label': tfds.features.ClassLabel(names=['neg', 'pos']),
+          'tokens': tfds.features.Sequence(tfds.features.Text()),
+          'ner': tfds.features.Sequence(tfds.features.ClassLabel(names=['O', 'B-PER', 'I-PER']))}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      yield 0, {'sentence': 'good', 'label': 1, 'tokens': ['Anna', 'Smith', 'ran'], 'ner': [1, 2, 0]}
+      yield 1, {'sentence': 'bad', 'label': 0, 'tokens': ['it', 'rained'], 'ner': [0, 0]}
+
+  ToyNer(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  want = [{'sentence': 'good', 'label': 'pos', 'tokens': ['Anna', 'Smith', 'ran'], 'ner': ['B-PER', 'I-PER', 'O']},
+          {'sentence': 'bad', 'label': 'neg', 'tokens': ['it', 'rained'], 'ner': ['O', 'O']}]
+  got = sorted(tasks.read_records('tfds:toy_ner', data_dir=str(tmp_path)), key=lambda r: r['sentence'], reverse=True)
+  assert got == want
+  from zoo.tasks import records
+  builder = records._prepared_builder('toy_ner', str(tmp_path))  # no builder code needed
+  assert sorted(records._plain(builder.as_data_source(split='train')[i], builder.info.features)['label']
+                for i in range(2)) == ['neg', 'pos']
+  with pytest.raises(FileNotFoundError, match='no file'):
+    tasks.read_records('jsonl:/nonexistent.jsonl')
+  with pytest.raises(ValueError, match='TFDS cannot find'):
+    tasks.read_records('tfds:no_such_dataset_here', data_dir=str(tmp_path))

@@ -10,12 +10,22 @@
 `load` reads a workdir that train.py (or `train_and_evaluate`) wrote, or one of its checkpoints/<step>
 directories, and places the parameters on the devices present (any count, any mesh), whatever topology trained
 them. Only the parameters are read: no optimizer state.
+
+It also reads a zoo model directory that `python -m zoo.convert import --hf_dir=HF --out=DIR` wrote (a
+HuggingFace BERT / GPT-2 / T5 with its tokenizer): `zoo.generate` then tokenizes with the HF tokenizer
+(`zoo.data.hf_tokenizer.HFTokenizer`), stops at its eos (GPT-2's <|endoftext|>, T5's </s>), starts T5's decoder
+at decoder_start_token_id (pad) and appends </s> to T5's input, as transformers does. There is no data to
+evaluate such a model on: `zoo.evaluate` refuses it.
+
+>>> gpt2 = zoo.load('imported/gpt2')  # doctest: +SKIP
+>>> zoo.generate(gpt2, ['Hello, my name is'], max_new=10)  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -26,18 +36,22 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo import generate as gen
 from zoo import trainer
+from zoo.data import hf_tokenizer as hft
 from zoo.data import tokenizer as tk
 
 
 @dataclasses.dataclass
 class Loaded:
-  """A trained model ready to use: `model.apply({'params': params}, ...)`, its tokenizer and config."""
+  """A trained model ready to use: `model.apply({'params': params}, ...)`, its tokenizer and config.
+
+  For a zoo model directory imported from HuggingFace: tokenizer is an `HFTokenizer` (None when the directory
+  has no tokenizer files), config holds model.family / model fields / source, step is 0 and run is None."""
   model: Any
   params: Any
-  tokenizer: tk.Tokenizer
+  tokenizer: tk.Tokenizer | hft.HFTokenizer | None
   config: ml_collections.ConfigDict
   step: int
-  run: trainer.Run  # what zoo.trainer builds from the config (mesh, objective or task, ...)
+  run: trainer.Run | None  # what zoo.trainer builds from the config (mesh, objective or task, ...)
 
   @property
   def family(self) -> str:
@@ -45,7 +59,8 @@ class Loaded:
 
 
 def load(path: str, *, step: int | None = None, mesh: dict | None = None, devices: int = -1) -> Loaded:
-  """Restore a zoo workdir (its newest checkpoint, or `step`) or a checkpoint directory onto this host's devices.
+  """Restore a zoo workdir (its newest checkpoint, or `step`) or a checkpoint directory onto this host's devices,
+  or read a zoo model directory (`python -m zoo.convert import`: zoo_model.json + params.safetensors).
 
   mesh: axis sizes, e.g. {'fsdp': 4} (default: data-parallel over every device, parameters replicated);
   devices: use only the first N devices (1: a single device).
@@ -54,6 +69,10 @@ def load(path: str, *, step: int | None = None, mesh: dict | None = None, device
   >>> loaded.model.apply({'params': loaded.params}, jnp.ones((1, 8), jnp.int32)).shape  # doctest: +SKIP
   (1, 8, 2048)
   """
+  from zoo import convert
+  model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))  # or its params file
+  if (os.path.isdir(path) or os.path.isfile(path)) and os.path.isfile(os.path.join(model_dir, convert.ZOO_CONFIG)):
+    return _load_model_dir(model_dir, step=step, mesh=mesh, devices=devices)
   state_dir, step = ckpt.find_state(path, step)
   workdir = os.path.dirname(os.path.dirname(os.path.dirname(state_dir)))
   config_path = os.path.join(workdir, 'config.json')
@@ -76,12 +95,45 @@ def load(path: str, *, step: int | None = None, mesh: dict | None = None, device
   return Loaded(model=run.model, params=params, tokenizer=run.tokenizer, config=run.config, step=step, run=run)
 
 
+def _load_model_dir(directory: str, *, step: int | None, mesh: dict | None, devices: int) -> Loaded:
+  """A zoo model directory (zoo_model.json + params.safetensors [+ hf_tokenizer/]) onto the devices: the
+  parameters sharded by zoo's logical-axis rules over a ('data', 'fsdp', 'tensor') mesh (default: replicated
+  over every device)."""
+  from zoo import convert
+  from zoo import models
+  from zoo import parallel
+  if step not in (None, 0):
+    raise ValueError(f'{directory} is a zoo model directory (one set of parameters): it has no step {step}')
+  model, params, family, fields = convert.load_zoo(directory)
+  with open(os.path.join(directory, convert.ZOO_CONFIG)) as f:
+    meta = json.load(f)
+  sizes = {'data': -1, 'fsdp': 1, 'tensor': 1, **(mesh or {})}
+  chosen = jax.devices()[:devices] if devices > 0 else jax.devices()
+  device_mesh = parallel.make_mesh(sizes['data'], sizes['fsdp'], sizes['tensor'], devices=chosen)
+  shardings = parallel.param_shardings(models.abstract_params(model), device_mesh)
+  params = jax.device_put(params, shardings)
+  config = ml_collections.ConfigDict({
+      'model': {'family': family, 'size': meta.get('size', 'tiny'), **fields},
+      'source': {'zoo_model_dir': os.path.abspath(directory), **meta.get('source', {})},
+      'mesh': {**sizes, 'devices': devices}})
+  tokenizer = convert.load_zoo_tokenizer(directory)
+  if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
+    warnings.warn(f'{directory}: the tokenizer has {tokenizer.vocab_size} ids but the model only '
+                  f'{model.vocab_size} embeddings: ids >= {model.vocab_size} would be out of range', stacklevel=3)
+  return Loaded(model=model, params=params, tokenizer=tokenizer, config=config, step=0, run=None)
+
+
 def evaluate(loaded: Loaded) -> dict:
   """The run's evaluation (validation loss, or the task's metric) with the loaded parameters.
 
   >>> evaluate(load('workdir/bert'))['mlm_accuracy']  # doctest: +SKIP
   0.31
   """
+  if loaded.run is None:
+    raise ValueError(f'zoo.evaluate needs a train.py workdir (its config names the evaluation data); this is a '
+                     f'zoo model directory ({loaded.config.source.get("zoo_model_dir", "?")}, imported from '
+                     f'HuggingFace) with no evaluation data: score it with model.apply on your own batches, or '
+                     f'fine-tune it with train.py')
   return trainer.evaluate(loaded.run, loaded.params)
 
 
@@ -99,14 +151,20 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
   >>> generate(load('workdir/gpt'), ['def ', 'The '], max_new=10, temperature=0.7, top_k=40)  # doctest: +SKIP
   ['__init__(self', 'value of the']
   """
+  tok = loaded.tokenizer
+  if isinstance(tok, hft.HFTokenizer):
+    return [tok.decode(row, skip_special_tokens=True) for row in _generate_ids(
+        loaded, prompts, max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+        alpha=alpha, seed=seed)]
+  if tok is None:
+    raise ValueError(f'this {loaded.family} model has no tokenizer (its zoo model directory has no '
+                     f'hf_tokenizer/ that zoo can read): tokenize yourself and use zoo.generate.sample_lm / '
+                     f'sample_seq2seq on the ids')
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-  tok, model, params, family = loaded.tokenizer, loaded.model, loaded.params, loaded.family
+  model, params, family = loaded.model, loaded.params, loaded.family
   rng = jax.random.key(seed)
   stop = tk.EOP if family == 'glm' else tk.EOS
-  if family in ('bert', 'albert'):
-    raise ValueError(f'{family} is an encoder: it does not generate (use a gpt, glm, t5, bart or rnn workdir)')
-  if num_beams > 1 and family not in ('t5', 'bart', 'rnn_seq2seq'):
-    raise ValueError('beam search (num_beams > 1) is for the encoder-decoders (t5, bart, rnn_seq2seq)')
+  _check_family(family, num_beams)
   if family in ('t5', 'bart', 'rnn_seq2seq'):
     ids = [tok.encode(p) + [tk.EOS] for p in prompts]
     src = np.zeros((len(ids), max(map(len, ids))), np.int32)
@@ -136,6 +194,57 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
                           temperature, top_k, top_p)
     for i, row in zip(rows, np.asarray(out)):
       results[i] = _text(tok, row, stop)
+  return results
+
+
+def _check_family(family: str, num_beams: int) -> None:
+  if family in ('bert', 'albert'):
+    raise ValueError(f'{family} is an encoder: it does not generate (use a gpt, glm, t5, bart or rnn workdir)')
+  if num_beams > 1 and family not in ('t5', 'bart', 'rnn_seq2seq'):
+    raise ValueError('beam search (num_beams > 1) is for the encoder-decoders (t5, bart, rnn_seq2seq)')
+
+
+def _generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50, temperature: float = 0.0,
+                  top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, alpha: float = 0.6,
+                  seed: int = 0) -> list[list[int]]:
+  """`generate` with a HuggingFace tokenizer, before decoding: the new token ids of each prompt, up to (not
+  including) the tokenizer's eos. Prompts are encoded as `hf_tokenizer(prompt)` does (special tokens added:
+  T5's </s>, appended if the tokenizer does not add it); T5's decoder starts at decoder_start_id (pad)."""
+  prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+  tok, model, params, family = loaded.tokenizer, loaded.model, loaded.params, loaded.family
+  _check_family(family, num_beams)
+  eos = tok.eos_id if tok.eos_id is not None else -1  # -1: never stop early
+  rng = jax.random.key(seed)
+  encoded = [tok.encode(p, add_special_tokens=True) for p in prompts]
+
+  def cut(row):
+    row = [int(t) for t in row]
+    return row[:row.index(eos)] if eos in row else row
+  if family in ('t5', 'bart', 'rnn_seq2seq'):
+    if tok.eos_id is not None:
+      encoded = [x if x and x[-1] == tok.eos_id else x + [tok.eos_id] for x in encoded]
+    start = tok.decoder_start_id if tok.decoder_start_id is not None else (tok.pad_id or 0)
+    src = np.zeros((len(encoded), max(map(len, encoded))), np.int32)  # zoo's encoders mask id 0 (T5's pad)
+    for i, x in enumerate(encoded):
+      src[i, :len(x)] = x
+    if num_beams > 1:
+      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start, eos)
+    else:
+      out = gen.sample_seq2seq(model, params, jnp.asarray(src), rng, max_new, temperature, top_k, top_p, start,
+                               eos)
+    return [cut(row) for row in np.asarray(out)]
+  results: list[list[int]] = [[] for _ in prompts]
+  by_length: dict[int, list[int]] = {}
+  for i, x in enumerate(encoded):  # rows of equal length decode together (no padding inside a prompt)
+    if not x:
+      raise ValueError('an empty prompt: give at least one character')
+    by_length.setdefault(len(x), []).append(i)
+  for rows in by_length.values():
+    rng, key = jax.random.split(rng)
+    out = gen.sample_lm(model, params, jnp.asarray([encoded[i] for i in rows], jnp.int32), key, max_new,
+                        temperature, top_k, top_p, eos)
+    for i, row in zip(rows, np.asarray(out)):
+      results[i] = cut(row)
   return results
 
 

@@ -45,9 +45,12 @@ A zoo model directory (what `import` writes, `load_zoo` reads) holds:
                       (e.g. 'layers_0/self_attention/query/kernel'; layers unrolled)
   hf_config.json      the HuggingFace config it came from (export reuses its token ids)
   hf_tokenizer/       the HF vocabulary files, copied unchanged (spiece.model, vocab.txt, vocab.json,
-                      merges.txt, tokenizer.json, ...). zoo's own `zoo.data.tokenizer.Tokenizer` needs zoo's
-                      fixed special ids (0 [PAD] .. 8 [eop]) and cannot load them: tokenize with the HF tokenizer
-                      (or `sentencepiece` for spiece.model) and feed the ids to the model.
+                      merges.txt, tokenizer.json, ...). `load_zoo_tokenizer(dir)` reads them as a
+                      `zoo.data.hf_tokenizer.HFTokenizer` (the ids and special ids transformers gives; zoo's own
+                      `zoo.data.tokenizer.Tokenizer` needs zoo's fixed special ids 0 [PAD] .. 8 [eop] and cannot).
+
+`zoo.load(dir)` takes such a directory too: the model, its parameters on the devices and the HFTokenizer, for
+`zoo.generate` (which then stops at the tokenizer's eos and starts T5's decoder at its decoder_start_token_id).
 """
 from __future__ import annotations
 
@@ -629,10 +632,12 @@ def _closest_size(family: str, fields: dict) -> str:
 
 
 def tokenizer_report(hf_dir: str) -> dict:
-  """Which HF vocabulary files a directory has, and whether zoo's own Tokenizer can load its SentencePiece
-  model (it cannot when ids 0..8 are not zoo's special tokens, which is the case for every HF checkpoint)."""
+  """Which HF vocabulary files a directory has, which kind of `HFTokenizer` reads them ('hf_tokenizer':
+  'tokenizer.json', 'sentencepiece', 'wordpiece', 'bpe' or None), and whether zoo's own Tokenizer can load its
+  SentencePiece model (it cannot when ids 0..8 are not zoo's special tokens, the case for every HF checkpoint)."""
+  from zoo.data import hf_tokenizer
   files = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(hf_dir, f))]
-  report = {'files': files, 'zoo_tokenizer': False}
+  report = {'files': files, 'zoo_tokenizer': False, 'hf_tokenizer': hf_tokenizer.usable_files(hf_dir)}
   for name in ('spiece.model', 'sentencepiece.bpe.model', 'tokenizer.model'):
     if name in files:
       from zoo.data import tokenizer as tk
@@ -643,12 +648,16 @@ def tokenizer_report(hf_dir: str) -> dict:
       except (ValueError, RuntimeError):  # ids 0..8 are not [PAD] [UNK] [BOS] ... [eop]
         report['note'] = (f"{name} is not a zoo tokenizer: its ids 0..8 are not zoo's fixed special tokens, so "
                           f"zoo.data.tokenizer.Tokenizer cannot load it (nor would zoo's objectives find "
-                          f"[MASK], [CLS], ... where they expect them); tokenize with sentencepiece or the HF "
-                          f"tokenizer on {HF_TOKENIZER_DIR}/ and feed its ids to the model")
+                          f"[MASK], [CLS], ... where they expect them)")
       break
   if files and 'note' not in report and not report['zoo_tokenizer']:
     report['note'] = (f'HF vocabulary files ({", ".join(files)}) are copied unchanged; zoo\'s Tokenizer reads '
-                      f'SentencePiece models with zoo\'s special ids only: tokenize with the HF tokenizer')
+                      f'SentencePiece models with zoo\'s special ids only')
+  if 'note' in report:
+    report['note'] += (f'; zoo.load / zoo.convert.load_zoo_tokenizer read {HF_TOKENIZER_DIR}/ as an HFTokenizer'
+                       if report['hf_tokenizer'] else
+                       '; zoo has no reader for these files (it reads tokenizer.json, spiece.model, vocab.txt, '
+                       'vocab.json + merges.txt): tokenize with the HF tokenizer and feed its ids to the model')
   return report
 
 
@@ -670,7 +679,8 @@ def save_zoo(out_dir: str, family: str, fields: dict, params, *, source: dict | 
 
 
 def load_zoo(path: str, **overrides) -> tuple[Any, dict, str, dict]:
-  """Read a zoo model directory (or its params.safetensors): (model, params, family, fields), as `load_hf`."""
+  """Read a zoo model directory (or its params.safetensors): (model, params, family, fields), as `load_hf`.
+  Its tokenizer: `load_zoo_tokenizer(path)`; everything ready to generate: `zoo.load(path)`."""
   from safetensors.numpy import load_file
   from zoo import models
   directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -687,6 +697,23 @@ def load_zoo(path: str, **overrides) -> tuple[Any, dict, str, dict]:
   if getattr(model, 'scan_layers', False):
     params = _stack_layers(params)
   return model, params, family, fields
+
+
+def load_zoo_tokenizer(path: str):
+  """The HF tokenizer of a zoo model directory (or its params.safetensors) as a
+  `zoo.data.hf_tokenizer.HFTokenizer`, with the missing special ids filled in from hf_config.json; None when
+  the directory has no hf_tokenizer/ or nothing in it that HFTokenizer reads."""
+  from zoo.data import hf_tokenizer
+  directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  tok_dir = os.path.join(directory, HF_TOKENIZER_DIR)
+  if not os.path.isdir(tok_dir) or hf_tokenizer.usable_files(tok_dir) is None:
+    return None
+  config_path = os.path.join(directory, HF_CONFIG_COPY)
+  config = {}
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
+  return hf_tokenizer.HFTokenizer.load(tok_dir, config=config)
 
 
 def import_hf(hf_dir: str, out_dir: str) -> dict:
@@ -902,7 +929,9 @@ def main(argv=None) -> int:
         print(f"  not in the checkpoint, initialised at random: {summary['fresh_params']}")
       if summary['tokenizer'].get('files'):
         print(f"  vocabulary copied to {os.path.join(args.out, HF_TOKENIZER_DIR)}: "
-              f"{summary['tokenizer']['files']}")
+              f"{summary['tokenizer']['files']}"
+              + (f" (read as an HFTokenizer from {summary['tokenizer']['hf_tokenizer']})"
+                 if summary['tokenizer'].get('hf_tokenizer') else ''))
       if summary['tokenizer'].get('note'):
         print(f"  note: {summary['tokenizer']['note']}")
       return 0

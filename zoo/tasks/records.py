@@ -86,12 +86,28 @@ def _plain(value, feature=None):
   return value
 
 
+def _prepared_builder(name: str, data_dir: str | None):
+  """A builder read from a prepared dataset's directory (<data_dir>/<name>/<version>), needing no builder code:
+  how datasets whose code imports TensorFlow (glue, squad, conll2003) are read without it."""
+  import tensorflow_datasets as tfds
+  root = os.path.join(os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')),
+                      name)
+  if not os.path.isdir(root):
+    return None
+  versions = sorted((d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, 'dataset_info.json'))),
+                    key=lambda v: [int(x) if x.isdigit() else x for x in v.split('.')])
+  return tfds.builder_from_directory(os.path.join(root, versions[-1])) if versions else None
+
+
 def _read_tfds(name: str, split: str, data_dir: str | None, field: str) -> list[dict]:
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # unknown name, or a registry that needs the network
-    raise ValueError(f'{field}=tfds:{name}: TFDS cannot find this dataset ({e}); check the name') from None
+  except Exception as e:  # unknown name, or a builder whose code needs TensorFlow (glue): read the prepared files
+    builder = _prepared_builder(name, data_dir)
+    if builder is None:
+      raise ValueError(f'{field}=tfds:{name}: TFDS cannot find this dataset ({str(e).splitlines()[0]}); check '
+                       f'the name, and set task.data_dir to the directory it was prepared in') from None
   if not builder.is_prepared():
     raise FileNotFoundError(
         f'{field}=tfds:{name} is not prepared, and zoo does not download: prepare it once on a machine with '
