@@ -48,6 +48,15 @@ def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
   assert any(t for t in texts)
 
 
+def test_ids_past_the_tokenizer_are_not_decoded(gpt_workdir):
+  from zoo import api
+  loaded = zoo.load(gpt_workdir, devices=1)
+  n = loaded.tokenizer.vocab_size
+  assert loaded.model.vocab_size > n  # rounded up to a multiple of 128
+  ids = loaded.tokenizer.encode('The end')
+  assert api._text(loaded.tokenizer, ids + [n, n + 5] + ids, stop=tk.EOS) == loaded.tokenizer.decode(ids + ids)
+
+
 def test_load_refuses_what_is_not_a_workdir(gpt_workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     zoo.load(str(tmp_path))

@@ -258,7 +258,9 @@ def _text(tok, row, stop: int) -> str:
   row = list(row)
   if stop in row:
     row = row[:row.index(stop)]
-  return tok.decode([int(t) for t in row if t > tk.EOP or t == tk.UNK])
+  # ids past the tokenizer's pieces are the embedding's padding rows (model.vocab_size is rounded up to a
+  # multiple of 128): an untrained model can still draw them, and there is no text for them
+  return tok.decode([int(t) for t in row if (t > tk.EOP or t == tk.UNK) and t < tok.vocab_size])
 
 
 def train_and_evaluate(config, workdir: str, callback=None) -> dict:
