@@ -12,10 +12,8 @@ import json
 import logging
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
@@ -142,7 +140,3 @@ def load_pretrained(init_from: str, params, shardings=None):
   report = {'step': step, 'restored': len(restored), 'new': sorted('/'.join(k) for k in flat if k not in wanted),
             'unused': sorted('/'.join(k) for k in saved if k not in flat)}
   return traverse_util.unflatten_dict(flat), report
-
-
-def count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(tree))))

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import grain
-import jax.numpy as jnp
 import numpy as np
 
 from zoo.objectives.base import Objective
@@ -97,10 +96,6 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
       batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
     yield batch, real
-
-
-def masked_argmax(logits, mask):
-  return jnp.argmax(jnp.where(mask, logits, -1e30), axis=-1)
 
 
 def f1(tp: float, fp: float, fn: float) -> float:
