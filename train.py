@@ -11,7 +11,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from zoo.trainer import train_and_evaluate
+from zoo.train import train_and_evaluate
 
 config_flags.DEFINE_config_file('config', None, 'a recipe: configs/<name>.py[:<size>]', lock_config=True)
 flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, the tokenizer and eval.json')

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zoo import trainer  # noqa: E402
+from zoo import train  # noqa: E402
 from zoo.data import sources  # noqa: E402
 from zoo.data import tokenizer as tk  # noqa: E402
 
@@ -36,18 +36,18 @@ def override(config, assignment: str):
 
 
 def measure(config, workdir: str, steps: int) -> dict:
-  run = trainer.build(config, workdir)
-  state = trainer.init_state(run)
+  run = train.build(config, workdir)
+  state = train.init_state(run)
   obj = run.objective
   batch = obj.dummy_batch(run.local_batch, config.train.seq_len)
   batch['tokens'] = np.random.default_rng(0).integers(obj.num_special, obj.vocab_size, batch['tokens'].shape,
                                                       dtype=np.int32)
-  example = trainer.put(run, obj.example(batch, np.random.default_rng(0)))
+  example = run.placement.put(obj.example(batch, np.random.default_rng(0)))
   rng = jax.random.key(0)
-  step = trainer.make_train_step(run)
+  step = train.make_train_step(run)
   out = {}
-  if not run.pmap:
-    with trainer._context(run):
+  if run.mesh is not None:  # jit: compile ahead of time to read the memory plan
+    with run.placement.context():
       t0 = time.perf_counter()
       lowered = step.jitted.lower(state, example, rng)
       compiled = lowered.compile()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import trainer
+from zoo import train
 from zoo.data import sources
 from zoo.data import tokenizer as tk
 
@@ -31,7 +31,7 @@ def gpt_workdir(tmp_path_factory):
   c.train.steps, c.train.batch_size, c.train.seq_len, c.train.eval_batches = 6, 16, 32, 2
   c.log.tensorboard, c.mesh.fsdp = False, 4  # 8 devices: data 2 x fsdp 4
   workdir = str(root / 'gpt')
-  trainer.train_and_evaluate(c, workdir)
+  train.train_and_evaluate(c, workdir)
   return workdir
 
 

@@ -344,7 +344,7 @@ def test_export_from_train_workdir(tmp_path):
   torch, transformers = _torch()
   from configs import bert as bert_recipe
   from zoo import checkpoint as ckpt
-  from zoo import trainer
+  from zoo import train
   from zoo.data import tokenizer as tk
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -354,12 +354,12 @@ def test_export_from_train_workdir(tmp_path):
   config.model.num_layers = 1
   config.data.vocab_size, config.data.num_sentinels = tok.vocab_size, 0
   config.train.seq_len, config.train.batch_size, config.checkpoint.async_save = 16, 8, False
-  run = trainer.build(config, str(workdir))
-  state = trainer.init_state(run)
+  run = train.build(config, str(workdir))
+  state = train.init_state(run)
   checkpointer = ckpt.Checkpointer(str(workdir), async_save=False)
   checkpointer.save(7, jax.device_get(state), force=True)  # host arrays: a fast first Orbax save
   checkpointer.close()
-  trainer._save_config(config, str(workdir))  # pylint: disable=protected-access
+  (workdir / 'config.json').write_text(run.config.to_json_best_effort(indent=1))  # as train_and_evaluate does
 
   out = tmp_path / 'hf'
   assert convert.main(['export', f'--workdir={workdir}', f'--out={out}']) == 0

@@ -82,7 +82,7 @@ def test_generation_is_scored_by_exact_match(tmp_path):
   import sys
   import pathlib
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-  from zoo import api, trainer
+  from zoo import api, train
   from zoo.data import sources
   from zoo.data import tokenizer as tk
   docs, _ = sources.read_documents('default')
@@ -91,7 +91,7 @@ def test_generation_is_scored_by_exact_match(tmp_path):
   c = importlib.import_module('configs.gpt').get_config('tiny')
   c.data.tokenizer, c.data.vocab_size, c.train.steps, c.train.batch_size, c.train.seq_len = tok_path, 600, 3, 8, 32
   c.train.eval_batches, c.log.tensorboard, c.mesh.devices = 1, False, 1
-  trainer.train_and_evaluate(c, str(tmp_path / 'gpt'))
+  train.train_and_evaluate(c, str(tmp_path / 'gpt'))
   loaded = api.load(str(tmp_path / 'gpt'), devices=1)
   records = [{'q': f'item {i}', 'a': 'placeholder'} for i in range(4)]
   prompts = [fewshot.build_prompt(r, [], '{q} =', 'a') for r in records]

@@ -13,7 +13,7 @@ import pytest
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
-from zoo import tasks, trainer
+from zoo import tasks, train
 from zoo.data import sources
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as ad_lib
@@ -44,7 +44,7 @@ def pretrained(tmp_path_factory):
       'data.tokenizer': tok_path, 'data.vocab_size': 1000, 'train.seq_len': 64, 'train.batch_size': 16,
       'train.steps': 10, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.fsdp': 2})
   workdir = str(root / 'workdir')
-  trainer.train_and_evaluate(c, workdir)
+  train.train_and_evaluate(c, workdir)
   return workdir
 
 
@@ -70,8 +70,8 @@ def _restore_all(workdir):
 
 def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
   # the pretrained weights arrive bit for bit (on another topology: 2 devices instead of 8), the head is new
-  run = trainer.build(finetune_config('classification', pretrained), str(tmp_path / 'probe'))
-  state = jax.device_get(trainer.init_state(run))
+  run = train.build(finetune_config('classification', pretrained), str(tmp_path / 'probe'))
+  state = jax.device_get(train.init_state(run))
   saved = _restore_all(pretrained)
   flat = traverse_util.flatten_dict(state.params)
   backbone = [k for k in flat if k in saved]
@@ -79,14 +79,14 @@ def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
   for k in backbone:
     np.testing.assert_array_equal(flat[k], saved[k])
   # fine-tuning beats the majority class on the validation split
-  metrics = trainer.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 60}),
+  metrics = train.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 60}),
                                        str(tmp_path / 'cls'))
   assert metrics['accuracy'] > metrics['majority_accuracy'] + 0.2, metrics
   assert 0.0 <= metrics['f1'] <= 1.0 and metrics['examples'] == 200
 
 
 def test_tagging_beats_all_o(pretrained, tmp_path):
-  metrics = trainer.train_and_evaluate(finetune_config('tagging', pretrained, **{'train.steps': 150, 'optimizer.learning_rate': 5e-3}),
+  metrics = train.train_and_evaluate(finetune_config('tagging', pretrained, **{'train.steps': 150, 'optimizer.learning_rate': 5e-3}),
                                        str(tmp_path / 'ner'))
   assert metrics['entity_f1'] > 0.6, metrics  # predicting all 'O' (the majority tag) scores 0
   assert metrics['word_accuracy'] > 0.8
@@ -100,8 +100,8 @@ def test_adapters_train_only_themselves(tmp_path, kind):
   cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40, 'train.seq_len': 24, 'data.vocab_size': 1000,
                                                'mesh.devices': 2})
   config_lib.set_model(cfg, 'gpt', 'tiny')
-  run = trainer.build(cfg, workdir)
-  initial = traverse_util.flatten_dict(jax.device_get(trainer.init_state(run).params))
+  run = train.build(cfg, workdir)
+  initial = traverse_util.flatten_dict(jax.device_get(train.init_state(run).params))
   trainable = {k for k, f in traverse_util.flatten_dict(run.frozen).items() if not f}
   sizes = {k: int(np.prod(v.shape)) for k, v in traverse_util.flatten_dict(run.abstract_state.params).items()}
   n = sum(sizes[k] for k in trainable)
@@ -112,7 +112,7 @@ def test_adapters_train_only_themselves(tmp_path, kind):
   # the optimizer keeps Adam's two moments for the trainable parameters only
   opt_sizes = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.abstract_state.opt_state) if x.ndim)
   assert opt_sizes == 2 * n
-  metrics = trainer.train_and_evaluate(cfg, workdir)
+  metrics = train.train_and_evaluate(cfg, workdir)
   rows = [r for r in _metrics(workdir) if 'loss' in r and 'eval_loss' not in r]
   assert rows[-1]['loss'] < rows[0]['loss'] - 0.15, rows  # the adapters alone lower the loss
   after = _restore_all(workdir)
@@ -209,7 +209,7 @@ def test_sft_learns(family, tmp_path):
                                     'optimizer.learning_rate': 5e-3})
   from zoo import config as config_lib
   config_lib.set_model(c, family, 'tiny')
-  metrics = trainer.train_and_evaluate(c, str(tmp_path / family))
+  metrics = train.train_and_evaluate(c, str(tmp_path / family))
   rows = [r for r in _metrics(str(tmp_path / family)) if 'loss' in r and 'eval_loss' not in r]
   assert rows[-1]['loss'] < rows[0]['loss'] - 1.0
   assert metrics['loss'] < rows[0]['loss'] - 1.0 and 0.0 < metrics['token_accuracy'] <= 1.0, metrics
@@ -218,14 +218,14 @@ def test_sft_learns(family, tmp_path):
 def test_bad_task_configs_are_refused(pretrained, tmp_path):
   with pytest.raises(ValueError, match='task.fields|task.text_field'):
     c = finetune_config('classification', pretrained, **{'task.fields.text_field': 'text'})
-    trainer.build(c, str(tmp_path / 'a'))
+    train.build(c, str(tmp_path / 'a'))
   with pytest.raises(FileNotFoundError, match='no file'):
-    trainer.build(finetune_config('classification', pretrained, **{'task.train': 'tsv:/nonexistent.tsv'}),
+    train.build(finetune_config('classification', pretrained, **{'task.train': 'tsv:/nonexistent.tsv'}),
                   str(tmp_path / 'b'))
   with pytest.raises(FileNotFoundError, match='config.json'):
-    trainer.build(finetune_config('classification', str(tmp_path)), str(tmp_path / 'c'))
+    train.build(finetune_config('classification', str(tmp_path)), str(tmp_path / 'c'))
   with pytest.raises(ValueError, match='fine-tunes'):
-    trainer.build(finetune_config('qa', '', **{'model.family': 'gpt'}), str(tmp_path / 'd'))
+    train.build(finetune_config('qa', '', **{'model.family': 'gpt'}), str(tmp_path / 'd'))
 
 
 def test_sentence_pairs_cut_the_longer_text_first():

@@ -201,7 +201,7 @@ def test_imported_gpt2_generates_as_transformers(tmp_path, bpe_files):
     zoo.evaluate(loaded)
 
   max_new = 6
-  got = api._generate_ids(loaded, PROMPTS, max_new=max_new)  # pylint: disable=protected-access
+  got = api.generate_ids(loaded, PROMPTS, max_new=max_new)
   texts = zoo.generate(loaded, PROMPTS, max_new=max_new)
   stopped = 0
   for prompt, ids, text in zip(PROMPTS, got, texts):
@@ -242,7 +242,7 @@ def test_imported_t5_generates_as_transformers(tmp_path):
   assert {d for x in jax.tree.leaves(loaded.params) for d in x.devices()} == {jax.devices()[0]}
 
   max_new = 6
-  got = api._generate_ids(loaded, PROMPTS, max_new=max_new)  # pylint: disable=protected-access
+  got = api.generate_ids(loaded, PROMPTS, max_new=max_new)
   texts = zoo.generate(loaded, PROMPTS, max_new=max_new)
   beams = zoo.generate(loaded, PROMPTS[:1], max_new=max_new, num_beams=2)
   stopped = 0

@@ -320,11 +320,11 @@ def test_dense_matmuls_accumulate_in_float32_forward_and_backward():
 
 @pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
 def test_greedy_decoding_with_the_cache_equals_full_forward_passes(family):
-  from zoo import generate
+  from zoo import decoding
   model = tiny(family)
   src = toks(1, 2, 7).at[1, 5:].set(0)
   params = init(model, tokens=src, decoder_tokens=toks(2, 2, 6))['params']
-  got = np.asarray(generate.greedy_seq2seq(model, params, src, max_len=6, eos_id=-1))
+  got = np.asarray(decoding.greedy_seq2seq(model, params, src, max_len=6, eos_id=-1))
   prefix = jnp.full((2, 1), 2, jnp.int32)  # [BOS]
   for _ in range(6):  # no cache: run the decoder on the whole prefix each time
     logits = apply(model, {'params': params}, src, prefix)

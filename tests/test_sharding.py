@@ -32,3 +32,35 @@ def test_mesh_errors_name_the_fields():
   with pytest.raises(ValueError, match='only one of'):
     parallel.make_mesh(data=-1, fsdp=-1)
   assert parallel.make_mesh(data=-1, tensor=2).shape == {'data': 4, 'fsdp': 1, 'tensor': 2}
+
+
+def _logical_names(family):
+  model = models.scanned(models.get_model(family, 'tiny'))
+  specs = nn.get_partition_spec(models.abstract_params(model))
+  return parallel.logical_names(specs)
+
+
+def test_logical_axes_are_exactly_the_names_zoo_uses():
+  """LOGICAL_AXES (what a rule may map) is the union of every family's parameter names and the activation
+  names: a name added to a layer without a rule, or a rule left for a name no layer has, fails here."""
+  used = set(parallel.ACTIVATION_AXES)
+  for family in models.FAMILIES:
+    names = _logical_names(family)
+    assert names <= set(parallel.LOGICAL_AXES), (family, names - set(parallel.LOGICAL_AXES))
+    used |= names
+  assert used == set(parallel.LOGICAL_AXES)
+
+
+def test_rule_typos_and_unmapped_names_are_errors():
+  rules = tuple(r for r in parallel.LOGICAL_RULES if r[0] != 'embed') + (('embd', 'fsdp'),)
+  with pytest.raises(ValueError, match="maps the logical axis 'embd'.*did you mean 'embed'"):
+    parallel.check_rules(rules)
+  with pytest.raises(ValueError, match="maps 'embed' to the mesh axis 'fdsp'"):
+    parallel.check_rules((('embed', 'fdsp'),))
+  without_mlp = tuple(r for r in parallel.LOGICAL_RULES if r[0] != 'mlp')
+  model = models.get_model('gpt', 'tiny')
+  mesh = parallel.make_mesh(data=-1)
+  with pytest.raises(ValueError, match="no rule for the logical axis 'mlp'"):
+    parallel.param_shardings(jax.eval_shape(lambda: model.init(jax.random.key(0), **model.example_batch(1, 8))),
+                             mesh, without_mlp)
+  parallel.check_rules(parallel.LOGICAL_RULES, parallel.LOGICAL_AXES)  # the default table maps every name

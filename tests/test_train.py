@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from zoo import checkpoint as ckpt
-from zoo import trainer
+from zoo import train
 from zoo.data import sources
 from zoo.data import tokenizer as tk
 
@@ -71,7 +71,7 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   c = recipe(name, tokenizer_path, **{'train.steps': steps, 'model.dropout_rate': 0.0,
                                       'train.seq_len': 32 if name in ('lstm', 'gru', 'rnn', 'rnn_seq2seq') else 64,
                                       'log.tensorboard': name == 'gpt'})
-  metrics = trainer.train_and_evaluate(c, str(tmp_path))
+  metrics = train.train_and_evaluate(c, str(tmp_path))
   curve = losses(tmp_path)
   first = np.mean([curve[s] for s in (1, 2, 3)])
   last = np.mean([curve[s] for s in range(steps - 4, steps + 1)])
@@ -95,7 +95,7 @@ def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_
   }
   curves = {}
   for name, layout in layouts.items():
-    trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **base, **layout), str(tmp_path / name))
+    train.train_and_evaluate(recipe('gpt', tokenizer_path, **base, **layout), str(tmp_path / name))
     curves[name] = [losses(tmp_path / name)[s] for s in range(1, 6)]
   for name, curve in curves.items():
     np.testing.assert_allclose(curve, curves['one_device'], rtol=1e-5, err_msg=name)
@@ -116,9 +116,9 @@ def _run_cli(workdir, tokenizer_path, steps, extra=()):
 
 def test_resume_is_exact_also_after_sigterm(tokenizer_path, tmp_path):
   common = {'optimizer.decay_steps': 20, 'checkpoint.every': 10, 'train.eval_batches': 1}
-  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'once'))
-  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 10}), str(tmp_path / 'split'))
-  trainer.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'split'))
+  train.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'once'))
+  train.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 10}), str(tmp_path / 'split'))
+  train.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'split'))
   once, split = losses(tmp_path / 'once'), losses(tmp_path / 'split')
   assert [once[s] for s in range(1, 21)] == [split[s] for s in range(1, 21)]
   a, b = final_params(tmp_path / 'once', 20), final_params(tmp_path / 'split', 20)
@@ -151,16 +151,16 @@ def test_resume_is_exact_also_after_sigterm(tokenizer_path, tmp_path):
 
 
 def test_fsdp_checkpoint_evaluates_on_other_topologies(tokenizer_path, tmp_path):
-  train = recipe('bert', tokenizer_path, **{'train.steps': 6, 'mesh.data': 1, 'mesh.fsdp': 8})
-  trained = trainer.train_and_evaluate(train, str(tmp_path))
+  trained_config = recipe('bert', tokenizer_path, **{'train.steps': 6, 'mesh.data': 1, 'mesh.fsdp': 8})
+  trained = train.train_and_evaluate(trained_config, str(tmp_path))
   for layout in ({'mesh.devices': 1}, {'mesh.data': 4, 'mesh.fsdp': 2}, {'parallelism': 'pmap'}):
     c = recipe('bert', tokenizer_path, **{'train.steps': 6, **layout})
-    got = trainer.train_and_evaluate(c, str(tmp_path), mode='eval')
+    got = train.train_and_evaluate(c, str(tmp_path), mode='eval')
     assert got['step'] == 6
     assert got['loss'] == pytest.approx(trained['loss'], rel=1e-5), layout
   # training on in this workdir with another seed would not continue this run: refused
   with pytest.raises(ValueError, match=r"seed is 1 but the checkpoints in .* were made with 0"):
-    trainer.train_and_evaluate(recipe('bert', tokenizer_path, **{'train.steps': 8, 'seed': 1, 'mesh.data': 1,
+    train.train_and_evaluate(recipe('bert', tokenizer_path, **{'train.steps': 8, 'seed': 1, 'mesh.data': 1,
                                                                  'mesh.fsdp': 8}), str(tmp_path))
 
 
@@ -187,7 +187,7 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
       section, field = key.split('.') if '.' in key else (None, key)
       (c[section] if section else c)[field] = value
     with pytest.raises(ValueError, match=message):
-      trainer.build(c, str(tmp_path))
+      train.build(c, str(tmp_path))
   # an unknown override on the command line names the field
   proc = _run_cli(tmp_path / 'x', tokenizer_path, 1, extra=['--config.model.hiddne=3'])
   out, _ = proc.communicate(timeout=120)

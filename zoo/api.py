@@ -34,8 +34,9 @@ import ml_collections
 import numpy as np
 
 from zoo import checkpoint as ckpt
-from zoo import generate as gen
-from zoo import trainer
+from zoo import decoding as gen
+from zoo import models
+from zoo import train
 from zoo.data import hf_tokenizer as hft
 from zoo.data import tokenizer as tk
 
@@ -51,7 +52,7 @@ class Loaded:
   tokenizer: tk.Tokenizer | hft.HFTokenizer | None
   config: ml_collections.ConfigDict
   step: int
-  run: trainer.Run | None  # what zoo.trainer builds from the config (mesh, objective or task, ...)
+  run: train.Run | None  # what zoo.train builds from the config (mesh, objective or task, ...)
 
   @property
   def family(self) -> str:
@@ -89,7 +90,7 @@ def load(path: str, *, step: int | None = None, mesh: dict | None = None, device
       config.mesh.data * config.mesh.fsdp
   if config.train.batch_size % max(ways, 1):  # evaluation batches must split over the data-parallel devices
     config.train.batch_size = ways * -(-config.train.batch_size // ways)
-  run = trainer.build(config, workdir)
+  run = train.build(config, workdir)
   abstract = ckpt.abstract_with_shardings(run.abstract_state.params, run.state_shardings.params)
   params = ckpt.restore_params(state_dir, abstract)
   return Loaded(model=run.model, params=params, tokenizer=run.tokenizer, config=run.config, step=step, run=run)
@@ -100,7 +101,6 @@ def _load_model_dir(directory: str, *, step: int | None, mesh: dict | None, devi
   parameters sharded by zoo's logical-axis rules over a ('data', 'fsdp', 'tensor') mesh (default: replicated
   over every device)."""
   from zoo import convert
-  from zoo import models
   from zoo import parallel
   if step not in (None, 0):
     raise ValueError(f'{directory} is a zoo model directory (one set of parameters): it has no step {step}')
@@ -134,10 +134,11 @@ def evaluate(loaded: Loaded) -> dict:
                      f'zoo model directory ({loaded.config.source.get("zoo_model_dir", "?")}, imported from '
                      f'HuggingFace) with no evaluation data: score it with model.apply on your own batches, or '
                      f'fine-tune it with train.py')
-  return trainer.evaluate(loaded.run, loaded.params)
+  return train.evaluate(loaded.run, loaded.params)
 
 
-def _start_id(config) -> int:
+def start_id(config) -> int:
+  """The decoder's first token for a run's config: [PAD] after T5's span corruption (as T5 does), else [BOS]."""
   objective = config.task.get('pretrained_objective', '') or config.objective.name
   return tk.PAD if objective == 'span_corruption' else tk.BOS
 
@@ -153,37 +154,38 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
   """
   tok = loaded.tokenizer
   if isinstance(tok, hft.HFTokenizer):
-    return [tok.decode(row, skip_special_tokens=True) for row in _generate_ids(
+    return [tok.decode(row, skip_special_tokens=True) for row in generate_ids(
         loaded, prompts, max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
         alpha=alpha, seed=seed)]
   if tok is None:
     raise ValueError(f'this {loaded.family} model has no tokenizer (its zoo model directory has no '
-                     f'hf_tokenizer/ that zoo can read): tokenize yourself and use zoo.generate.sample_lm / '
+                     f'hf_tokenizer/ that zoo can read): tokenize yourself and use zoo.decoding.sample_lm / '
                      f'sample_seq2seq on the ids')
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   model, params, family = loaded.model, loaded.params, loaded.family
   rng = jax.random.key(seed)
-  stop = tk.EOP if family == 'glm' else tk.EOS
+  glm = models.kind(family) == models.BLANK_INFILLING
+  stop = tk.EOP if glm else tk.EOS
   _check_family(family, num_beams)
-  if family in ('t5', 'bart', 'rnn_seq2seq'):
+  if models.is_encoder_decoder(family):
     ids = [tok.encode(p) + [tk.EOS] for p in prompts]
     src = np.zeros((len(ids), max(map(len, ids))), np.int32)
     for i, x in enumerate(ids):
       src[i, :len(x)] = x
     if num_beams > 1:
-      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, _start_id(loaded.config))
+      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start_id(loaded.config))
     else:
       out = gen.sample_seq2seq(model, params, jnp.asarray(src), rng, max_new, temperature, top_k, top_p,
-                               _start_id(loaded.config))
+                               start_id(loaded.config))
     return [_text(tok, row, stop) for row in np.asarray(out)]
   results = [''] * len(prompts)
-  encoded = [_glm_context(tok, p) if family == 'glm' else tok.encode(p) for p in prompts]
+  encoded = [_glm_context(tok, p) if glm else tok.encode(p) for p in prompts]
   by_length: dict[int, list[int]] = {}
   for i, x in enumerate(encoded):  # rows of equal length decode together (no padding inside a prompt)
-    by_length.setdefault(len(x[0]) if family == 'glm' else len(x), []).append(i)
+    by_length.setdefault(len(x[0]) if glm else len(x), []).append(i)
   for length, rows in by_length.items():
     rng, key = jax.random.split(rng)
-    if family == 'glm':
+    if glm:
       ctx = jnp.asarray([encoded[i][0] for i in rows], jnp.int32)
       out = gen.sample_glm(model, params, ctx, key, max_new, jnp.asarray([encoded[i][1] for i in rows], jnp.int32),
                            temperature, top_k, top_p)
@@ -198,13 +200,15 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
 
 
 def _check_family(family: str, num_beams: int) -> None:
-  if family in ('bert', 'albert'):
-    raise ValueError(f'{family} is an encoder: it does not generate (use a gpt, glm, t5, bart or rnn workdir)')
-  if num_beams > 1 and family not in ('t5', 'bart', 'rnn_seq2seq'):
-    raise ValueError('beam search (num_beams > 1) is for the encoder-decoders (t5, bart, rnn_seq2seq)')
+  if not models.generates(family):
+    raise ValueError(f'{family} is an encoder: it does not generate (use a workdir of '
+                     f'{", ".join(f for f in models.FAMILIES if models.generates(f))})')
+  if num_beams > 1 and not models.is_encoder_decoder(family):
+    raise ValueError(f'beam search (num_beams > 1) is for the encoder-decoders '
+                     f'({", ".join(models.families_of(models.ENCODER_DECODER))})')
 
 
-def _generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50, temperature: float = 0.0,
+def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50, temperature: float = 0.0,
                   top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, alpha: float = 0.6,
                   seed: int = 0) -> list[list[int]]:
   """`generate` with a HuggingFace tokenizer, before decoding: the new token ids of each prompt, up to (not
@@ -220,7 +224,7 @@ def _generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int 
   def cut(row):
     row = [int(t) for t in row]
     return row[:row.index(eos)] if eos in row else row
-  if family in ('t5', 'bart', 'rnn_seq2seq'):
+  if models.is_encoder_decoder(family):
     if tok.eos_id is not None:
       encoded = [x if x and x[-1] == tok.eos_id else x + [tok.eos_id] for x in encoded]
     start = tok.decoder_start_id if tok.decoder_start_id is not None else (tok.pad_id or 0)
@@ -272,4 +276,4 @@ def train_and_evaluate(config, workdir: str, callback=None) -> dict:
   >>> train_and_evaluate(c, '/tmp/zoo-gpt')['loss']  # doctest: +SKIP
   6.1
   """
-  return trainer.train_and_evaluate(config, workdir, callback=callback)
+  return train.train_and_evaluate(config, workdir, callback=callback)

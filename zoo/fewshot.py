@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import models
 from zoo.data import tokenizer as tk
 from zoo.tasks.qa import normalize_answer
-
-ENCODER_DECODERS = ('t5', 'bart', 'rnn_seq2seq')
 
 
 def build_prompt(example: dict, demos: Sequence[dict], template: str, target_field: str,
@@ -70,7 +69,7 @@ def choice_loglik(model, params, tokenizer, family: str, prompt: str, choices: S
   p = tokenizer.encode(prompt)
   cs = [tokenizer.encode(' ' + c if not c.startswith(' ') else c) for c in choices]
   n = len(cs)
-  if family in ENCODER_DECODERS:
+  if models.is_encoder_decoder(family):
     length = _bucket(max(len(c) for c in cs) + 1)
     src = np.zeros((n, _bucket(len(p) + 1)), np.int32)
     src[:, :len(p) + 1] = p + [tk.EOS]
@@ -146,7 +145,7 @@ def main(argv=None) -> dict:
     choices = args.choices[1:] if args.choices.startswith('@') else [c for c in args.choices.split(',')]
     out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, loaded.family, records, template=template,
                            target_field=args.target_field, choices=choices, shots=args.shots, demos=demos,
-                           seed=args.seed, start_id=api._start_id(loaded.config))
+                           seed=args.seed, start_id=api.start_id(loaded.config))
   else:
     out = evaluate_generation(loaded, records, template=template, target_field=args.target_field, shots=args.shots,
                               demos=demos, seed=args.seed, max_new=args.max_new)

@@ -17,7 +17,7 @@ import ml_collections
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
-from zoo import tasks
+from zoo import models, registry, tasks
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as adapters_lib
 
@@ -90,12 +90,12 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
     if isinstance(fields.get(key), str):
       fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
   if t.name == 'sft':
-    fields.update(encoder_decoder=family in ('t5', 'bart', 'rnn_seq2seq'), glm=family == 'glm',
+    kind = models.kind(family)
+    fields.update(encoder_decoder=kind == models.ENCODER_DECODER, glm=kind == models.BLANK_INFILLING,
                   decoder_start=tk.PAD if t.get('pretrained_objective', '') == 'span_corruption' else tk.BOS)
   task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
                     seq_len=config.train.seq_len, **fields)
-  if task.families and family not in task.families:
-    raise ValueError(f'task.name={t.name!r} fine-tunes {sorted(task.families)}, not model.family={family!r}')
+  registry.check_family(task, family, f'task.name={t.name!r}', 'fine-tunes')
   data_dir = t.data_dir or None
   records = {'train': tasks.read_records(t.train, field='task.train', data_dir=data_dir, default_split='train')}
   records['validation'] = (tasks.read_records(t.validation, field='task.validation', data_dir=data_dir,

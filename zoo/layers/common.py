@@ -8,8 +8,8 @@ The dtype policy (as in T5X and MaxText):
 - norms compute their statistics in float32; logits and losses are float32.
 
 Logical axis names (t5x/flax convention) used for parameters:
-  'vocab', 'embed', 'mlp', 'heads' (heads x head_dim, flattened), 'kv' (head_dim), 'relpos_buckets',
-  'positions', 'rnn' (recurrent width), 'classes', 'layers' (added by nn.scan).
+  'vocab', 'embed', 'mlp', 'heads' (heads x head_dim, flattened), 'relpos_buckets', 'positions', 'rnn'
+  (recurrent width), 'classes', 'layers' (added by nn.scan); zoo.parallel.LOGICAL_AXES lists them all.
 A config's rule table maps them to mesh axes; without rules they are no-ops.
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.layers import adapters as adapters_lib
 from zoo.layers import common
@@ -134,4 +135,16 @@ def unstack_params(params, name: str = 'layers'):
   n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
   for i in range(n):
     params[f'{name}_{i}'] = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+  return params
+
+
+def stack_params(params, name: str = 'layers'):
+  """Unrolled parameters {name_0: ..., name_1: ...} -> scanned {name: stacked} (unboxed): the inverse of
+  `unstack_params`. numpy leaves stay numpy, jax arrays are stacked with jnp."""
+  params = dict(nn.unbox(params))
+  keys = sorted((k for k in params if k.startswith(f'{name}_') and k[len(name) + 1:].isdigit()),
+                key=lambda k: int(k[len(name) + 1:]))
+  layers = [params.pop(k) for k in keys]
+  params[name] = jax.tree_util.tree_map(
+      lambda *xs: np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs), *layers)
   return params

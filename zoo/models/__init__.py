@@ -16,33 +16,79 @@ import numpy as np
 from zoo.models import albert, bert, encdec, glm, gpt, rnn
 
 
+# What a family's model does with a sequence: how it is trained, fine-tuned and decoded follows from this.
+ENCODER = 'encoder'  # bidirectional over the input (MLM heads, task heads); does not generate
+DECODER = 'decoder'  # causal over one stream: continues a prompt
+ENCODER_DECODER = 'encoder_decoder'  # reads a source, writes a target
+BLANK_INFILLING = 'blank_infilling'  # bidirectional context, causal spans after it (GLM)
+KINDS = (ENCODER, DECODER, ENCODER_DECODER, BLANK_INFILLING)
+
+
 class Family(NamedTuple):
   cls: type
   sizes: dict
   published: dict  # size -> published parameter count
   doc: str
+  kind: str  # one of KINDS
+  recurrent: bool = False  # RNN cells instead of attention and MLP layers (no adapters, no attention masks)
 
 
 FAMILIES: dict[str, Family] = {
-    'bert': Family(bert.Bert, bert.SIZES, bert.PUBLISHED_PARAMS, 'BERT encoder, MLM + NSP heads'),
+    'bert': Family(bert.Bert, bert.SIZES, bert.PUBLISHED_PARAMS, 'BERT encoder, MLM + NSP heads', ENCODER),
     'albert': Family(albert.Albert, albert.SIZES, albert.PUBLISHED_PARAMS,
-                     'ALBERT: factorized embeddings, shared layers, MLM + SOP heads'),
-    'gpt': Family(gpt.Gpt, gpt.SIZES, gpt.PUBLISHED_PARAMS, 'GPT-2 causal decoder'),
+                     'ALBERT: factorized embeddings, shared layers, MLM + SOP heads', ENCODER),
+    'gpt': Family(gpt.Gpt, gpt.SIZES, gpt.PUBLISHED_PARAMS, 'GPT-2 causal decoder', DECODER),
     't5': Family(encdec.EncoderDecoder, encdec.T5_SIZES, encdec.T5_PUBLISHED_PARAMS,
-                 'T5 encoder-decoder (relative bias, RMSNorm, pre-LN)'),
+                 'T5 encoder-decoder (relative bias, RMSNorm, pre-LN)', ENCODER_DECODER),
     'bart': Family(encdec.EncoderDecoder, encdec.BART_SIZES, encdec.BART_PUBLISHED_PARAMS,
-                   'BART encoder-decoder (learned positions, post-LN)'),
-    'glm': Family(glm.Glm, glm.SIZES, glm.PUBLISHED_PARAMS, 'GLM: blank infilling with 2-D positions'),
-    'rnn_lm': Family(rnn.RnnLm, rnn.LM_SIZES, rnn.LM_PUBLISHED_PARAMS, 'RNN / GRU / LSTM language model'),
-    'rnn_seq2seq': Family(rnn.RnnSeq2Seq, rnn.SEQ2SEQ_SIZES, {}, 'RNN encoder-decoder with attention'),
+                   'BART encoder-decoder (learned positions, post-LN)', ENCODER_DECODER),
+    'glm': Family(glm.Glm, glm.SIZES, glm.PUBLISHED_PARAMS, 'GLM: blank infilling with 2-D positions',
+                  BLANK_INFILLING),
+    'rnn_lm': Family(rnn.RnnLm, rnn.LM_SIZES, rnn.LM_PUBLISHED_PARAMS, 'RNN / GRU / LSTM language model', DECODER,
+                     recurrent=True),
+    'rnn_seq2seq': Family(rnn.RnnSeq2Seq, rnn.SEQ2SEQ_SIZES, {}, 'RNN encoder-decoder with attention',
+                          ENCODER_DECODER, recurrent=True),
 }
+
+
+def get_family(name: str) -> Family:
+  """The registry entry of model family `name`, or an error naming the families there are."""
+  if name not in FAMILIES:
+    raise ValueError(f'model.family={name!r} is not a family; choose one of {sorted(FAMILIES)}')
+  return FAMILIES[name]
+
+
+def kind(name: str) -> str:
+  """'encoder', 'decoder', 'encoder_decoder' or 'blank_infilling'.
+
+  >>> kind('t5'), kind('rnn_lm'), kind('glm')
+  ('encoder_decoder', 'decoder', 'blank_infilling')
+  """
+  return get_family(name).kind
+
+
+def is_encoder_decoder(name: str) -> bool:
+  return get_family(name).kind == ENCODER_DECODER
+
+
+def generates(name: str) -> bool:
+  """Whether the family decodes text (everything but the encoders)."""
+  return get_family(name).kind != ENCODER
+
+
+def families_of(*kinds: str, recurrent: bool | None = None) -> tuple[str, ...]:
+  """The families of the given kinds (and, if given, recurrent or not), in registry order.
+
+  >>> families_of(ENCODER_DECODER, recurrent=False)
+  ('t5', 'bart')
+  """
+  return tuple(n for n, f in FAMILIES.items()
+               if f.kind in kinds and (recurrent is None or f.recurrent == recurrent))
 
 
 def get_model(family: str, size: str = 'tiny', **overrides) -> nn.Module:
   """The model of `family` at a named size, with any field overridden (e.g. dtype, dropout_rate)."""
-  if family not in FAMILIES:
-    raise ValueError(f'unknown model family {family!r}; choose one of {sorted(FAMILIES)}')
-  fam = FAMILIES[family]
+  fam = get_family(family)
   if size not in fam.sizes:
     raise ValueError(f'unknown size {size!r} for {family}; choose one of {list(fam.sizes)}')
   fields = {f.name for f in dataclasses.fields(fam.cls)} - {'parent', 'name'}

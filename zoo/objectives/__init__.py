@@ -7,10 +7,9 @@
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
+from zoo import registry
 from zoo.objectives.base import Objective, cross_entropy
 from zoo.objectives.blank_infilling import BlankInfilling
 from zoo.objectives.causal_lm import CausalLm
@@ -32,11 +31,4 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 def make(name: str, **fields) -> Objective:
   """The objective `name` with its fields (vocab_size and num_special, plus its own options)."""
-  if name not in OBJECTIVES:
-    raise ValueError(f'objective.name={name!r} is not an objective; choose one of {sorted(OBJECTIVES)}')
-  cls = OBJECTIVES[name]
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f'objective {name} has no field(s) {unknown}; its fields are {sorted(known)}')
-  return cls(**fields)
+  return registry.make(OBJECTIVES, name, 'objective', **fields)

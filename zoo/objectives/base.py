@@ -41,7 +41,8 @@ class Objective:
   name = 'objective'
   perplexity = False  # report exp(loss): true for language-model losses
   needs_sentences = False  # the batch must carry sentence_ids (the pipeline's sentences=True)
-  families = ()  # model families this objective trains (empty: any)
+  kinds = ()  # the kinds of model family this trains (zoo.models.KINDS; empty: any)
+  recurrent = True  # whether it trains the recurrent families of those kinds
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     raise NotImplementedError
@@ -57,6 +58,15 @@ class Objective:
   def counts(self, example) -> dict[str, jax.Array]:
     """term name -> number of predictions (the loss's denominator)."""
     raise NotImplementedError
+
+  def predict(self, outputs, example) -> dict[str, jax.Array]:
+    """Per-row predictions that evaluation keeps (a task's metric needs them); none for pretraining."""
+    del outputs, example
+    return {}
+
+  def model_fields(self) -> dict[str, Any]:
+    """Model fields this objective needs set (a task's head); none for pretraining."""
+    return {}
 
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
     """A well-formed batch of the right shapes, for shape inference and compilation."""

@@ -27,7 +27,7 @@ class BlankInfilling(TargetObjective):
   poisson_lambda: float = 3.0  # span lengths ~ Poisson(lambda), at least 1
 
   name = 'blank_infilling'
-  families = ('glm',)
+  kinds = ('blank_infilling',)
 
   def max_spans(self, seq_len: int) -> int:
     return math.ceil(1.5 * self.mask_ratio * seq_len / self.poisson_lambda) + 1

@@ -12,7 +12,7 @@ from zoo.objectives.base import Batch, TargetObjective
 class CausalLm(TargetObjective):
   """Next-token loss. The last token of a document (and of a row) has no target; padding has none."""
   name = 'causal_lm'
-  families = ('gpt', 'rnn_lm', 'glm')
+  kinds = ('decoder', 'blank_infilling')
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     del rng

@@ -31,7 +31,7 @@ class Denoising(Seq2SeqObjective):
   rotate_rate: float = 0.0
 
   name = 'denoising'
-  families = ('bart', 't5', 'rnn_seq2seq')
+  kinds = ('encoder_decoder',)
   needs_sentences = True
 
   def infill(self, x: np.ndarray, rng, spans: list | None = None) -> np.ndarray:

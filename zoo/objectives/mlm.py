@@ -39,7 +39,7 @@ class Mlm(Objective):
   word_starts: Any = None  # bool per vocabulary id: the piece starts a word (from the tokenizer)
 
   name = 'mlm'
-  families = ('bert', 'albert')
+  kinds = ('encoder',)
 
   def max_predictions(self, seq_len: int) -> int:
     """Prediction slots per row: the budget, plus room for a last word or span that passes it."""

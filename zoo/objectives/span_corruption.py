@@ -48,7 +48,8 @@ class SpanCorruption(Seq2SeqObjective):
   num_sentinels: int = 100  # the tokenizer's
 
   name = 'span_corruption'
-  families = ('t5', 'bart')
+  kinds = ('encoder_decoder',)
+  recurrent = False  # the RNN encoder-decoder trains with denoising
 
   def targets_length(self, seq_len: int) -> int:
     noise = int(round(seq_len * self.noise_density))

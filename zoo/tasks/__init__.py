@@ -10,8 +10,7 @@ task's head and fine-tunes (see configs/finetune_*.py).
 """
 from __future__ import annotations
 
-import dataclasses
-
+from zoo import registry
 from zoo.tasks.base import Task, dataset, eval_batches
 from zoo.tasks.classification import Classification
 from zoo.tasks.qa import QuestionAnswering, best_span
@@ -29,14 +28,7 @@ TASKS: dict[str, type[Task]] = {
 
 def make(name: str, **fields) -> Task:
   """The task `name` with its fields (vocab_size, num_special, seq_len and the task's columns)."""
-  if name not in TASKS:
-    raise ValueError(f'task.name={name!r} is not a task; choose one of {sorted(TASKS)}')
-  cls = TASKS[name]
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f'task {name} has no field(s) {unknown}; its fields are {sorted(known)}')
-  task = cls(**fields)
+  task = registry.make(TASKS, name, 'task', **fields)
   if getattr(task, 'labels', ()):
     task.num_labels = len(task.labels)
   return task

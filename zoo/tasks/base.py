@@ -68,6 +68,15 @@ class Task(Objective):
     """On device: what `score` needs per row (argmax labels, spans ...)."""
     raise NotImplementedError
 
+  def model_fields(self) -> dict[str, Any]:
+    """The head this task puts on the model (Bert's head, num_labels, pooling); none for SFT."""
+    if not self.model_head:
+      return {}
+    fields = {'head': self.model_head, 'num_labels': self.num_labels}
+    if getattr(self, 'pooling', 'cls') != 'cls':
+      fields['pooling'] = self.pooling
+    return fields
+
   def score(self, predictions: dict[str, np.ndarray], arrays: dict[str, np.ndarray], host: Any) -> dict:
     raise NotImplementedError
 

@@ -53,7 +53,7 @@ class Classification(Task):
   model_head: str = 'classification'
 
   name = 'classification'
-  families = ('bert', 'albert')
+  kinds = ('encoder',)
   term_names = ('cls',)
 
   def set_labels(self, records: list[dict], where: str) -> None:

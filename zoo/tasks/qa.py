@@ -78,7 +78,7 @@ class QuestionAnswering(Task):
   model_head: str = 'span'
 
   name = 'qa'
-  families = ('bert', 'albert')
+  kinds = ('encoder',)
   term_names = ('start', 'end')
 
   def _answers(self, r, context, where):

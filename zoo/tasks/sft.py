@@ -26,7 +26,7 @@ class Sft(Task):
 
   name = 'sft'
   perplexity = True
-  families = ('gpt', 'glm', 'rnn_lm', 't5', 'bart', 'rnn_seq2seq')
+  kinds = ('decoder', 'encoder_decoder', 'blank_infilling')
   term_names = ('lm',)
 
   def featurize(self, records, tokenizer, where):

@@ -39,7 +39,7 @@ class Tagging(Task):
   model_head: str = 'tagging'
 
   name = 'tagging'
-  families = ('bert', 'albert')
+  kinds = ('encoder',)
   term_names = ('tag',)
 
   def _words_tags(self, r, where):

@@ -1,0 +1,105 @@
+"""HuggingFace checkpoints in and out of zoo: BERT, GPT-2 and T5.
+
+The command line of zoo.convert:
+
+  python -m zoo.convert import --hf_dir=DIR --out=OUT      # HF directory -> zoo model directory
+  python -m zoo.convert export --params=OUT --out=HF_DIR   # zoo model directory -> HF directory
+  python -m zoo.convert export --workdir=WORKDIR --out=HF_DIR [--step=N]   # a train.py run -> HF
+
+A train.py workdir is read with the notebook API (`zoo.api.load`), the one module of zoo.convert that uses it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from typing import Any
+
+from zoo.convert import common, io
+from zoo.convert import format as fmt
+from zoo.convert.common import ConversionError
+from zoo.convert.hf import export_hf, import_hf
+from zoo.convert.registry import FAMILIES, zoo_to_hf_config
+
+
+def load_workdir(workdir: str, step: int | None = None) -> tuple[Any, dict, str, dict]:
+  """Restore the params of a train.py workdir (config.json + checkpoints/<step>/state) onto one device:
+  (model, params as numpy, family, fields). The model is built as train.py builds it (`zoo.api.load`)."""
+  from zoo import api
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ConversionError(f'{workdir} has no config.json: give the --workdir of a train.py run')
+  config = io.read_json(path)
+  if (config.get('data', {}).get('tokenizer') == 'train'
+      and not os.path.exists(os.path.join(workdir, 'tokenizer.model'))):
+    raise ConversionError(f'{workdir} has no tokenizer.model (data.tokenizer=train): not a finished run')
+  loaded = api.load(workdir, step=step, devices=1)
+  return loaded.model, common.plain_params(loaded.params), loaded.family, common.model_fields(loaded.model)
+
+
+def _print_import(summary: dict, out: str) -> None:
+  print(f"wrote {summary['out']}: zoo {summary['family']} with {summary['params']:,} parameters "
+        f"({json.dumps(summary['fields'])})")
+  if summary['fresh_params']:
+    print(f"  not in the checkpoint, initialised at random: {summary['fresh_params']}")
+  tok = summary['tokenizer']
+  if tok.get('files'):
+    print(f"  vocabulary copied to {os.path.join(out, fmt.HF_TOKENIZER_DIR)}: {tok['files']}"
+          + (f" (read as an HFTokenizer from {tok['hf_tokenizer']})" if tok.get('hf_tokenizer') else ''))
+  if tok.get('note'):
+    print(f"  note: {tok['note']}")
+
+
+def _export_source(args) -> tuple[Any, dict, str, dict, list]:
+  """(model, params, family, extra config, [(tokenizer file, name in the HF directory)]) of --params or
+  --workdir."""
+  if args.params:
+    model, params, family, _ = fmt.load_zoo(args.params)
+    extra = {k: v for k, v in fmt.hf_config_copy(args.params).items() if k.endswith('token_id')}
+    tok_dir = os.path.join(fmt.model_dir(args.params), fmt.HF_TOKENIZER_DIR)
+    tok_src = [(os.path.join(tok_dir, n), n) for n in sorted(os.listdir(tok_dir))] if os.path.isdir(tok_dir) else []
+    return model, params, family, extra, tok_src
+  model, params, family, _ = load_workdir(args.workdir, args.step)
+  from zoo.data import tokenizer as tk
+  extra = {'pad_token_id': tk.PAD, 'bos_token_id': tk.BOS, 'eos_token_id': tk.EOS}
+  if family == 't5':
+    extra['decoder_start_token_id'] = tk.PAD
+  spm_path = os.path.join(args.workdir, 'tokenizer.model')
+  # zoo's SentencePiece model, under a name HF tokenizers do not pick up
+  tok_src = [(spm_path, 'zoo_tokenizer.model')] if os.path.exists(spm_path) else []
+  return model, params, family, extra, tok_src
+
+
+def main(argv=None) -> int:
+  """`python -m zoo.convert import|export ...` (see the module docstring)."""
+  parser = argparse.ArgumentParser(prog='python -m zoo.convert', description=__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  p_imp = sub.add_parser('import', help='HuggingFace directory -> zoo model directory')
+  p_imp.add_argument('--hf_dir', required=True, help='HF model directory: config.json + model.safetensors')
+  p_imp.add_argument('--out', required=True, help='zoo model directory to write')
+  p_exp = sub.add_parser('export', help='zoo model directory or train.py workdir -> HuggingFace directory')
+  p_exp.add_argument('--family', choices=FAMILIES, help='bert, gpt or t5 (checked against the source)')
+  p_exp.add_argument('--params', help='a zoo model directory (from `import`) or its params.safetensors')
+  p_exp.add_argument('--workdir', help='a train.py workdir: its newest (or --step) checkpoint')
+  p_exp.add_argument('--step', type=int, default=None, help='with --workdir: the checkpoint step')
+  p_exp.add_argument('--out', required=True, help='HF directory to write')
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'import':
+      _print_import(import_hf(args.hf_dir, args.out), args.out)
+      return 0
+    if bool(args.params) == bool(args.workdir):
+      parser.error('export takes one of --params (a zoo model directory) or --workdir (a train.py run)')
+    model, params, family, extra, tok_src = _export_source(args)
+    if args.family and args.family != family:
+      parser.error(f'--family={args.family} but the source holds a {family} model')
+    export_hf(model, params, family, args.out, extra_config=extra)
+    for src, name in tok_src:
+      shutil.copyfile(src, os.path.join(args.out, name))
+    arch = zoo_to_hf_config(family, model)['architectures'][0]
+    print(f'wrote {args.out}: config.json + model.safetensors ({arch})'
+          + (f'; tokenizer files {[n for _, n in tok_src]}' if tok_src else ''))
+    return 0
+  except (ConversionError, FileNotFoundError) as e:
+    parser.exit(2, f'error: {e}\n')

@@ -1,0 +1,56 @@
+"""The families zoo converts, each a `Converter` of its module (bert.py, gpt.py, t5.py), and the config
+mapping that goes through them: which family a HF config is, HF config -> zoo fields, zoo model -> HF config."""
+from __future__ import annotations
+
+from zoo.convert import bert, gpt, t5
+from zoo.convert.common import ConversionError, Converter, model_fields, refuse
+
+CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, gpt.CONVERTER, t5.CONVERTER)}
+FAMILIES = tuple(CONVERTERS)
+SUPPORTED_ARCHITECTURES = {name: c.architectures for name, c in CONVERTERS.items()}
+MODEL_TYPES = {model_type: c.family for c in CONVERTERS.values() for model_type in c.model_types}
+
+
+def converter(family: str) -> Converter:
+  """The Converter of a zoo family, or a ConversionError naming those there are."""
+  if family not in CONVERTERS:
+    raise ConversionError(f'zoo converts {list(FAMILIES)}, not {family!r}')
+  return CONVERTERS[family]
+
+
+def detect_family(config: dict) -> str:
+  """The zoo family of a HF config ('bert', 'gpt' or 't5'), or a ConversionError naming model_type /
+  architectures."""
+  model_type = config.get('model_type')
+  if model_type not in MODEL_TYPES:
+    raise ConversionError(f'config.json model_type={model_type!r} is not supported: zoo imports '
+                          f'{sorted(MODEL_TYPES)} (BERT, GPT-2, T5 / mT5)')
+  family = MODEL_TYPES[model_type]
+  for arch in config.get('architectures') or ():
+    if arch not in SUPPORTED_ARCHITECTURES[family]:
+      raise ConversionError(f'config.json architectures={config["architectures"]!r}: zoo imports '
+                            f'{list(SUPPORTED_ARCHITECTURES[family])} for model_type={model_type!r}, not {arch}')
+  return family
+
+
+def hf_config_to_fields(config: dict, weights: dict | None = None) -> tuple[str, dict]:
+  """(family, zoo model fields) from a HF config.json dict; `weights` (the HF tensors) decide whether the
+  output embedding is tied where config and checkpoint can disagree. Unsupported settings raise a
+  ConversionError naming the config field."""
+  family = detect_family(config)
+  return family, CONVERTERS[family].config_to_fields(config, weights or {})
+
+
+def zoo_to_hf_config(family: str, model, extra: dict | None = None) -> dict:
+  """The HF config.json dict for a zoo BERT / GPT / T5 model (ConversionError for what HF cannot express);
+  `extra` adds token ids (bos/eos/pad/decoder_start)."""
+  f = model_fields(model)
+  if f.get('head', 'pretraining') != 'pretraining':
+    refuse(family, f, 'head', 'zoo exports the pretraining heads (BertForPreTraining), not a fine-tuning task head')
+  if family not in CONVERTERS:
+    raise ConversionError(f'export supports {list(FAMILIES)}, not {family!r}')
+  config = CONVERTERS[family].fields_to_config(f)
+  for key, value in (extra or {}).items():
+    if key.endswith('token_id') or key in ('bos_token_id', 'eos_token_id', 'pad_token_id'):
+      config[key] = value
+  return config

@@ -1,0 +1,41 @@
+"""Making a registered object by name: what `objectives.make` and `tasks.make` share.
+
+>>> import dataclasses
+>>> @dataclasses.dataclass
+... class Lm:
+...   vocab_size: int
+>>> make({'lm': Lm}, 'lm', 'objective', vocab_size=10)
+Lm(vocab_size=10)
+>>> make({'lm': Lm}, 'lm', 'objective', vocab=10)
+Traceback (most recent call last):
+ValueError: objective lm has no field(s) ['vocab']; its fields are ['vocab_size']
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+def make(registry: dict[str, type], name: str, what: str, **fields):
+  """registry[name](**fields), refusing an unknown name or field with a message that names the config field
+  `<what>.name`."""
+  if name not in registry:
+    article = 'an' if what[0] in 'aeiou' else 'a'
+    raise ValueError(f'{what}.name={name!r} is not {article} {what}; choose one of {sorted(registry)}')
+  cls = registry[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'{what} {name} has no field(s) {unknown}; its fields are {sorted(known)}')
+  return cls(**fields)
+
+
+def check_family(obj, family: str, field: str, verb: str = 'trains') -> None:
+  """Refuse model family `family` unless `obj` (an objective or task) trains its kind: `obj.kinds` lists the
+  kinds it trains (empty: any), and `obj.recurrent` says whether the RNN families are among them."""
+  from zoo import models
+  entry = models.get_family(family)
+  kinds = getattr(obj, 'kinds', ())
+  if (kinds and entry.kind not in kinds) or (entry.recurrent and not getattr(obj, 'recurrent', True)):
+    fits = models.families_of(*(kinds or models.KINDS), recurrent=None if getattr(obj, 'recurrent', True) else False)
+    raise ValueError(f'{field} {verb} {sorted(fits)}, not model.family={family!r}: pick a matching recipe '
+                     f'from configs/')

@@ -1,0 +1,187 @@
+"""From a config to a `Run`: tokenizer, model, objective or task, optimizer, devices and the state's shape and
+shardings. Nothing compiles here, so a configuration that cannot run is refused in seconds."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from zoo import config as config_lib
+from zoo import finetune, models, objectives, optim, registry
+from zoo.data import sources
+from zoo.data import tokenizer as tk
+from zoo.train import inputs as inputs_lib
+from zoo.train import metrics as metrics_lib
+from zoo.train import placement as placement_lib
+from zoo.train import pmap as pmap_lib
+from zoo.train import state as state_lib
+
+log = logging.getLogger('zoo')
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config: what the train and eval loops need."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  tokenizer: tk.Tokenizer
+  model: nn.Module
+  objective: objectives.Objective  # a pretraining objective or a fine-tuning task (zoo.tasks.Task)
+  inputs: inputs_lib.Inputs  # where batches come from: the corpus, or the task's examples
+  tx: optax.GradientTransformation
+  schedule: Callable
+  placement: placement_lib.Placement  # jit over a mesh, or pmap: how state and batches meet the devices
+  abstract_state: Any  # unboxed ShapeDtypeStructs
+  state_shardings: Any  # NamedShardings (jit) or None (pmap)
+  n_params: int
+  flops_per_token: float
+  peak_flops: float
+  frozen: Any = None  # bools like params: True where a parameter stays frozen (LoRA / prefix tuning)
+
+  @property
+  def mesh(self):
+    return self.placement.mesh
+
+  @property
+  def devices(self) -> list:
+    return self.placement.devices
+
+  @property
+  def records(self) -> dict | None:
+    """A fine-tuning task's examples by split (None when pretraining)."""
+    return getattr(self.inputs, 'records', None)
+
+  @property
+  def local_batch(self) -> int:
+    return self.config.train.batch_size // jax.process_count()
+
+
+def maybe_initialize_distributed(config) -> None:
+  """Join the other processes of a multi-host run: TPU pods detect themselves; elsewhere name the coordinator
+  (config.distributed.* or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
+  d = config.distributed
+  address = d.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
+  if jax.distributed.is_initialized():
+    return
+  if address:
+    num = d.num_processes or int(os.environ.get('JAX_NUM_PROCESSES', 0))
+    pid = d.process_id if d.process_id >= 0 else int(os.environ.get('JAX_PROCESS_ID', -1))
+    if num <= 0 or pid < 0:
+      raise ValueError('distributed.coordinator_address is set: also set distributed.num_processes and '
+                       'distributed.process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)')
+    jax.distributed.initialize(address, num_processes=num, process_id=pid)
+  elif len([h for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1:
+    jax.distributed.initialize()
+
+
+def read(config, split: str):
+  """The documents of a split (read once per process and kept: the tokenizer and the loop share them)."""
+  d = config.data
+  return _read(d.source, split, d.data_dir or None, d.validation_fraction, d.text_mode, d.max_doc_chars)
+
+
+@functools.lru_cache(maxsize=4)
+def _read(source, split, data_dir, validation_fraction, text_mode, max_doc_chars):
+  docs, stats = sources.read_documents(source, split=split, data_dir=data_dir,
+                                       validation_fraction=validation_fraction, text_mode=text_mode,
+                                       max_doc_chars=max_doc_chars)
+  log.info('%s', stats.report())
+  return docs
+
+
+def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
+  d = config.data
+  get = lambda: tk.get_tokenizer(  # noqa: E731
+      d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
+      num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'))
+  if jax.process_count() == 1 or d.tokenizer != 'train':
+    return get()
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    tok = get()  # one process trains it; the others read the file it wrote
+  multihost_utils.sync_global_devices('zoo tokenizer')
+  return tok if jax.process_index() == 0 else get()
+
+
+def _dtype(name: str):
+  return {'float32': jax.numpy.float32, 'bfloat16': jax.numpy.bfloat16, 'float16': jax.numpy.float16}[name]
+
+
+def _check_size(m) -> None:
+  table = models.FAMILIES[m.family].sizes.get(m.size, {}) if m.family in models.FAMILIES else {}
+  differing = [k for k, v in table.items() if k in m and k != 'vocab_size' and m[k] != v]
+  if len(differing) > len(table) // 2:
+    raise ValueError(f'model.size={m.size!r} but most model fields ({", ".join(differing)}) are another '
+                     f"size's: pick the size with the recipe argument (configs/<recipe>.py:{m.size}), which sets "
+                     f'them all')
+
+
+def make_objective(config, tok: tk.Tokenizer) -> objectives.Objective:
+  """The pretraining objective the config names; the fields it takes from the tokenizer are filled in."""
+  cls = objectives.OBJECTIVES.get(config.objective.name)
+  wanted = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+  fields = {k: v for k, v in config.objective.items() if k != 'name'}
+  if 'num_sentinels' in wanted:
+    fields['num_sentinels'] = tok.num_sentinels
+  if 'word_starts' in wanted:
+    fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
+  return objectives.make(config.objective.name, vocab_size=tok.vocab_size,
+                         num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **fields)
+
+
+def build(config, workdir: str) -> Run:
+  """Tokenizer, model, objective, optimizer, mesh and the state's shape and shardings: no compilation."""
+  config = finetune.prepare_config(config)
+  config_lib.check(config, jax.process_count())
+  tok = load_tokenizer(config, workdir)
+  m = config.model
+  family = models.get_family(m.family)
+  _check_size(m)
+  vocab = m.vocab_size if m.vocab_size > 0 else 128 * math.ceil(tok.vocab_size / 128)
+  fields = {k: v for k, v in m.items() if k not in ('family', 'size')}
+  fields.update(vocab_size=vocab, dtype=_dtype(m.dtype))
+  if config.task.name:
+    objective, records = finetune.make_task(config, tok, m.family)
+    inputs = inputs_lib.TaskInputs(objective, records, tok, config)
+  else:
+    objective = make_objective(config, tok)
+    registry.check_family(objective, m.family, f'objective.name={config.objective.name!r}')
+    inputs = inputs_lib.CorpusInputs(config, read)
+  fields.update(objective.model_fields())
+  adapters = finetune.make_adapters(config)
+  if adapters is not None:
+    if family.recurrent:
+      raise ValueError('adapters (LoRA, prefix tuning) adapt attention and MLP layers: the RNN models have none')
+    fields['adapters'] = adapters
+  model = models.get_model(m.family, m.size, **fields)
+  tok.check_vocab_size(vocab)
+  max_len = getattr(model, 'max_len', None)
+  if max_len is not None and getattr(model, 'position', 'learned') == 'learned' and config.train.seq_len > max_len:
+    raise ValueError(f'train.seq_len={config.train.seq_len} is longer than model.max_len={max_len} (learned '
+                     f'positions): lower train.seq_len or raise model.max_len')
+  example = state_lib.dummy_example(objective, config.train.seq_len)
+  frozen = None
+  if adapters is not None:
+    shapes = nn.unbox(jax.eval_shape(lambda r: model.init({'params': r, 'dropout': r}, **objective.inputs(example),
+                                                           deterministic=True), jax.random.key(0))['params'])
+    frozen = finetune.frozen_mask(shapes, adapters)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps, frozen)
+
+  placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config)
+  boxed = jax.eval_shape(state_lib.init_fn(model, objective, tx, example), jax.random.key(0))  # shapes only
+  abstract = nn.unbox(boxed)
+  shardings = placement.state_shardings(boxed, abstract, tx, tuple(config.mesh.rules))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  return Run(config=config, workdir=workdir, tokenizer=tok, model=model, objective=objective, inputs=inputs, tx=tx,
+             schedule=schedule, placement=placement, abstract_state=abstract, state_shardings=shardings,
+             n_params=n_params, flops_per_token=metrics_lib.flops_per_token(model, n_params, config.train.seq_len),
+             peak_flops=metrics_lib.peak_flops(config, placement.devices), frozen=frozen)

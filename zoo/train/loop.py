@@ -1,0 +1,221 @@
+"""train_and_evaluate: build the run, resume or initialize its state, train with preemption-safe checkpoints,
+evaluate. A rerun with the same workdir resumes; a changed recipe in a used workdir is refused."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from zoo import checkpoint as ckpt
+from zoo.train import state as state_lib
+from zoo.train import steps
+from zoo.train.build import build, maybe_initialize_distributed
+from zoo.train.evaluate import evaluate
+from zoo.train.metrics import MetricWriter, fmt_time, progress_line, say
+
+
+class Preemption:
+  """SIGTERM (Colab, TPU VM preemption) or SIGINT: finish the step, save, exit cleanly. A second SIGINT
+  interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (some notebook runners): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = True
+    say(f'signal {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping')
+
+  def agree(self) -> bool:
+    """Whether any process was asked to stop: every process must stop at the same step."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      self.requested = bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+    return self.requested
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _write_json(path: str, text: str) -> None:
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+
+
+# Fields that decide which batches, masks and parameters a run sees: a resumed run must keep them.
+RESUME_FIELDS = ('seed', 'train.batch_size', 'train.seq_len', 'train.microbatches', 'data.source', 'data.packing',
+                 'data.tokenizer', 'data.vocab_size', 'model', 'objective', 'optimizer.decay_steps', 'task',
+                 'adapters')
+
+
+def check_same_run(config, workdir: str) -> None:
+  """Refuse to resume the checkpoints in workdir with a config that would not continue their run."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  for field in RESUME_FIELDS:
+    a, b = saved, now
+    for part in field.split('.'):
+      a, b = (a or {}).get(part), (b or {}).get(part)
+    if a != b:
+      raise ValueError(f'{field} is {b!r} but the checkpoints in {workdir} were made with {a!r}: resuming would '
+                       f'not continue that run. Use a new --workdir, or set {field} back')
+  if saved.get('optimizer', {}).get('decay_steps', -1) == -1 and saved['train']['steps'] != now['train']['steps']:
+    raise ValueError(f"train.steps changed from {saved['train']['steps']} to {now['train']['steps']} and the "
+                     f'learning-rate schedule follows it: to extend or split a run, fix optimizer.decay_steps')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train',
+                       callback: Callable[[int, dict], None] | None = None) -> dict:
+  """Train (resuming from the newest checkpoint in workdir) and evaluate; or, with mode='eval', restore the
+  newest checkpoint onto the devices present and evaluate. Returns the final eval metrics (also written to
+  workdir/eval.json). callback(step, metrics) runs on process 0 at every logged step (eval metrics carry an
+  'eval_' prefix): a notebook's progress bar and live plot (zoo.notebook.LiveProgress).
+
+  >>> from configs import gpt  # doctest: +SKIP
+  >>> config = gpt.get_config('tiny'); config.train.steps = 50  # doctest: +SKIP
+  >>> metrics = train_and_evaluate(config, '/tmp/zoo-gpt')  # doctest: +SKIP
+  """
+  if mode not in ('train', 'eval'):
+    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  maybe_initialize_distributed(config)
+  run = build(config, workdir)
+  checkpointer = ckpt.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  try:
+    if mode == 'eval':
+      return _eval_only(run, checkpointer)
+    if checkpointer.latest_step() is not None:
+      check_same_run(run.config, workdir)
+    _write_json(os.path.join(workdir, 'config.json'), run.config.to_json_best_effort(indent=1))
+    return _train(run, checkpointer, callback)
+  finally:
+    checkpointer.close()
+
+
+def _eval_only(run, checkpointer) -> dict:
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpointer.directory}: train first (mode=train), or point '
+                            f'--workdir at a run that saved one')
+  state = state_lib.restore_state(run, checkpointer, step)
+  return _write_eval(run, step, evaluate(run, state.params))
+
+
+def _write_eval(run, step: int, metrics: dict) -> dict:
+  metrics = {'step': int(step), **metrics}
+  _write_json(os.path.join(run.workdir, 'eval.json'), json.dumps(metrics, indent=1))
+  say('eval  ' + '  '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in metrics.items()))
+  return metrics
+
+
+def _banner(run) -> str:
+  cfg = run.config
+  what = run.inputs.describe()
+  if run.frozen is not None:
+    trainable = sum(int(np.prod(x.shape)) for x, f in zip(jax.tree.leaves(run.abstract_state.params),
+                                                           jax.tree.leaves(run.frozen)) if not f)
+    what += f' | {trainable:,} trainable ({100 * trainable / run.n_params:.2f}%)'
+  return (f'{cfg.model.family}:{cfg.model.size} {run.n_params:,} parameters | {what} | '
+          f'batch {cfg.train.batch_size} x {cfg.train.seq_len} | {len(run.devices)} {run.devices[0].platform} '
+          f'device(s), {run.placement.describe()} | workdir {run.workdir}')
+
+
+def _train(run, checkpointer, callback=None) -> dict:
+  cfg = run.config
+  placement = run.placement
+  data_iter = iter(run.inputs.train_dataset(run))
+  start = checkpointer.latest_step()
+  if start is not None:
+    state = state_lib.restore_state(run, checkpointer, start, data_iter)
+    say(f'resumed from step {start} ({checkpointer.directory})')
+  else:
+    state = state_lib.init_state(run)
+    start = 0
+  train_step, eval_step = steps.make_train_step(run), steps.make_eval_step(run)
+  writer = MetricWriter(run.workdir, cfg.log.tensorboard)
+
+  def report(step, metrics, prefix=''):
+    writer.write(step, metrics, prefix=prefix)
+    if callback is not None and jax.process_index() == 0:
+      callback(step, {f'{prefix}{k}': v for k, v in metrics.items()} if prefix else
+               {**metrics, 'total_steps': cfg.train.steps})
+
+  rng = jax.random.key(cfg.seed)
+  tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+  say(_banner(run))
+  step = start
+  t_log, steps_since = time.time(), 0
+  last = {}
+  with Preemption() as preempt:
+    while step < cfg.train.steps:
+      batch = next(data_iter)
+      example = placement.put(run.objective.example(batch, steps.example_rng(cfg.seed, step)))
+      state, metrics = train_step(state, example, rng)
+      step += 1
+      steps_since += 1
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        t_log, steps_since = time.time(), 0  # speed is measured after the first step's compilation
+      if step % cfg.log.every == 0 or step == cfg.train.steps or preempt.requested or step == start + 1:
+        m = {k: float(v) for k, v in placement.fetch(metrics).items()}
+        if not math.isfinite(m['loss']):
+          raise FloatingPointError(
+              f'loss is {m["loss"]} at step {step}: stopping without saving (the last checkpoint is intact). '
+              f'Lower optimizer.learning_rate, raise optimizer.warmup_steps, or use model.dtype=float32')
+        now = time.time()
+        eta = '?'
+        if steps_since:
+          rate = steps_since / max(now - t_log, 1e-9)
+          m['tokens_per_s'] = rate * tokens_per_step
+          m['mfu'] = (m['tokens_per_s'] * run.flops_per_token / run.peak_flops) if run.peak_flops else 0.0
+          eta = fmt_time((cfg.train.steps - step) / rate)
+        if run.objective.perplexity:
+          m['perplexity'] = math.exp(min(m['loss'], 50.0))
+        report(step, m)
+        last = m
+        say(progress_line(step, cfg.train.steps, m, eta))
+        t_log, steps_since = now, 0
+      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+        m_eval = evaluate(run, state.params, eval_step)
+        report(step, m_eval, prefix='eval_')
+        say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4g}' for k, v in m_eval.items() if isinstance(v, float)))
+        t_log, steps_since = time.time(), 0  # evaluation time is not training speed
+      if preempt.agree():
+        checkpointer.save(step, placement.saveable(state), data_iter, force=True)
+        checkpointer.wait()
+        say(f'stopped at step {step}: checkpoint saved; rerun the same command to resume')
+        writer.close()
+        return {'step': step, 'stopped': True, **last}
+      if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
+        checkpointer.save(step, placement.saveable(state), data_iter, force=step == cfg.train.steps)
+  checkpointer.wait()
+  metrics = evaluate(run, state.params, eval_step)
+  report(step, metrics, prefix='eval_')
+  writer.close()
+  return _write_eval(run, step, metrics)
