@@ -47,8 +47,10 @@ def _adapter_size(params):
 
 
 @pytest.mark.parametrize('family,targets,scan', [
-    ('gpt', ('query', 'value'), False), ('bert', ALL, False), ('t5', ALL, True), ('glm', ('out', 'mlp'), False),
-    ('albert', ('query',), False)])
+    ('gpt', ('query', 'value'), False),
+    pytest.param('bert', ALL, False, marks=pytest.mark.slow), pytest.param('t5', ALL, True, marks=pytest.mark.slow),
+    pytest.param('glm', ('out', 'mlp'), False, marks=pytest.mark.slow),
+    pytest.param('albert', ('query',), False, marks=pytest.mark.slow)])
 def test_lora_count_zero_start_and_merge(family, targets, scan):
   ad = Adapters(lora_rank=3, lora_alpha=6.0, lora_targets=targets)
   kw = dict(dropout_rate=0.0, scan_layers=scan) if family != 'albert' else dict(dropout_rate=0.0)
@@ -107,6 +109,7 @@ def test_prefix_is_extra_keys_and_values():
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hidden', [0, 16])
 def test_prefix_gpt_causal_and_cached(hidden):
   """A GPT with prefixes stays causal, and decoding with the KV cache gives the full forward pass's logits."""
@@ -137,6 +140,7 @@ def test_bad_adapters_are_refused():
     Adapters(lora_rank=2, lora_dropout=1.0)
 
 
+@pytest.mark.slow
 def test_prefix_in_an_encoder_decoder_caches_like_the_full_pass():
   """T5 with prefixes in every encoder and decoder self-attention (not in cross-attention): decoding with the
   cache gives the full forward pass's logits."""

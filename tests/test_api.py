@@ -1,6 +1,5 @@
 """The notebook API: zoo.load restores a checkpoint trained on 8 devices onto 1 device (or another mesh) with the
-same eval loss; zoo.evaluate and zoo.generate use it; `python -m zoo.generate` samples from a workdir."""
-import importlib
+same eval loss; zoo.evaluate and zoo.generate use it; `python -m zoo.sample` samples from a workdir."""
 import json
 import os
 import pathlib
@@ -12,27 +11,10 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import train
-from zoo.data import sources
 from zoo.data import tokenizer as tk
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-@pytest.fixture(scope='module')
-def gpt_workdir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('api')
-  docs, _ = sources.read_documents('default')
-  tok_path = str(root / 'spm.model')
-  tk.train_tokenizer(docs[:5000], vocab_size=700, num_sentinels=0, path=tok_path)
-  c = importlib.import_module('configs.gpt').get_config('tiny')
-  c.data.tokenizer, c.data.vocab_size = tok_path, 700
-  c.train.steps, c.train.batch_size, c.train.seq_len, c.train.eval_batches = 6, 16, 32, 2
-  c.log.tensorboard, c.mesh.fsdp = False, 4  # 8 devices: data 2 x fsdp 4
-  workdir = str(root / 'gpt')
-  train.train_and_evaluate(c, workdir)
-  return workdir
 
 
 def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
@@ -66,7 +48,7 @@ def test_load_refuses_what_is_not_a_workdir(gpt_workdir, tmp_path):
 
 def test_generate_cli(gpt_workdir):
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  out = subprocess.run([sys.executable, '-m', 'zoo.generate', f'--workdir={gpt_workdir}', '--prompt=The ',
+  out = subprocess.run([sys.executable, '-m', 'zoo.sample', f'--workdir={gpt_workdir}', '--prompt=The ',
                         '--max_new=5', '--temperature=0.8', '--top_k=20'], capture_output=True, text=True, env=env,
                        cwd=str(ROOT), timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]

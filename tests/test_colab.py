@@ -40,6 +40,7 @@ def _kernel_env(monkeypatch):
   monkeypatch.setenv('MPLBACKEND', 'Agg')
 
 
+@pytest.mark.slow
 def test_pretrain_then_restore_and_sample(tmp_path):
   workdir = str(tmp_path / 'gpt')
   pre = run_notebook('pretrain', tmp_path, STEPS=40, BATCH=16, SEQ_LEN=64, WORKDIR=workdir)
@@ -51,6 +52,7 @@ def test_pretrain_then_restore_and_sample(tmp_path):
   assert any(s.strip() for s in ev['samples'] + ev['greedy']), ev
 
 
+@pytest.mark.slow
 def test_finetune_lora(tmp_path):
   out = run_notebook('finetune_lora', tmp_path, PRETRAINED=str(tmp_path / 'bert'), WORKDIR=str(tmp_path / 'lora'),
                      PRETRAIN_STEPS=10, STEPS=200, DROPOUT=0.0)

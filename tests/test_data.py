@@ -210,7 +210,7 @@ def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
   assert seen[0] | seen[1] | seen[2] == set(corpus)
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restored_iterator_continues_with_the_next_batch(corpus, tok, workers):
   ds = pipeline.make_dataset(corpus, tok, seq_len=32, batch_size=4, seed=3, num_workers=workers)
   it = iter(ds)

@@ -76,23 +76,10 @@ def test_the_pick_is_the_highest_total_not_per_token_likelihood():
   assert disagree > 0  # some draws where the per-token average would have picked another choice
 
 
-def test_generation_is_scored_by_exact_match(tmp_path):
+def test_generation_is_scored_by_exact_match(gpt_workdir):
   """The greedy answer of a trained GPT, set as the target for half the examples: exact match 0.5."""
-  import importlib
-  import sys
-  import pathlib
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-  from zoo import api, train
-  from zoo.data import sources
-  from zoo.data import tokenizer as tk
-  docs, _ = sources.read_documents('default')
-  tok_path = str(tmp_path / 'spm.model')
-  tk.train_tokenizer(docs[:3000], vocab_size=600, num_sentinels=0, path=tok_path)
-  c = importlib.import_module('configs.gpt').get_config('tiny')
-  c.data.tokenizer, c.data.vocab_size, c.train.steps, c.train.batch_size, c.train.seq_len = tok_path, 600, 3, 8, 32
-  c.train.eval_batches, c.log.tensorboard, c.mesh.devices = 1, False, 1
-  train.train_and_evaluate(c, str(tmp_path / 'gpt'))
-  loaded = api.load(str(tmp_path / 'gpt'), devices=1)
+  from zoo import api
+  loaded = api.load(gpt_workdir, devices=1)
   records = [{'q': f'item {i}', 'a': 'placeholder'} for i in range(4)]
   prompts = [fewshot.build_prompt(r, [], '{q} =', 'a') for r in records]
   greedy = [a.strip().split('\n')[0] for a in api.generate(loaded, prompts, max_new=6)]

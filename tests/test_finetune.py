@@ -33,19 +33,9 @@ def _set(c, overrides):
   return c
 
 
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  """A tiny BERT pretrained (MLM) for a few steps on 8 devices with data=4 x fsdp=2."""
-  docs, _ = sources.read_documents('default')
-  root = tmp_path_factory.mktemp('bert')
-  tok_path = str(root / 'spm.model')
-  tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=tok_path)
-  c = _set(importlib.import_module('configs.bert').get_config('tiny'), {
-      'data.tokenizer': tok_path, 'data.vocab_size': 1000, 'train.seq_len': 64, 'train.batch_size': 16,
-      'train.steps': 10, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.fsdp': 2})
-  workdir = str(root / 'workdir')
-  train.train_and_evaluate(c, workdir)
-  return workdir
+@pytest.fixture
+def pretrained(pretrained_bert):
+  return pretrained_bert
 
 
 def finetune_config(task, init_from, **overrides):
@@ -68,8 +58,8 @@ def _restore_all(workdir):
   return traverse_util.flatten_dict(jax.device_get(ckpt.restore_params(state_dir, abstract)))
 
 
-def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
-  # the pretrained weights arrive bit for bit (on another topology: 2 devices instead of 8), the head is new
+def test_pretrained_weights_arrive_bit_for_bit(pretrained, tmp_path):
+  """On another topology (2 devices instead of 8); only the classification head is new."""
   run = train.build(finetune_config('classification', pretrained), str(tmp_path / 'probe'))
   state = jax.device_get(train.init_state(run))
   saved = _restore_all(pretrained)
@@ -78,13 +68,17 @@ def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
   assert len(backbone) > 30 and {k[0] for k in flat if k not in saved} == {'classifier'}
   for k in backbone:
     np.testing.assert_array_equal(flat[k], saved[k])
-  # fine-tuning beats the majority class on the validation split
+
+
+@pytest.mark.slow
+def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
   metrics = train.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 60}),
                                        str(tmp_path / 'cls'))
   assert metrics['accuracy'] > metrics['majority_accuracy'] + 0.2, metrics
   assert 0.0 <= metrics['f1'] <= 1.0 and metrics['examples'] == 200
 
 
+@pytest.mark.slow
 def test_tagging_beats_all_o(pretrained, tmp_path):
   metrics = train.train_and_evaluate(finetune_config('tagging', pretrained, **{'train.steps': 150, 'optimizer.learning_rate': 5e-3}),
                                        str(tmp_path / 'ner'))
@@ -92,6 +86,7 @@ def test_tagging_beats_all_o(pretrained, tmp_path):
   assert metrics['word_accuracy'] > 0.8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['lora', 'prefix'])
 def test_adapters_train_only_themselves(tmp_path, kind):
   """SFT of a GPT whose base is frozen: only the adapters train (no head), so a falling loss is their doing."""
@@ -203,6 +198,7 @@ def test_sft_weights_cover_the_target_only():
   assert b['decoder_tokens'][0, :len(target)].tolist() == [tk.PAD] + target[:-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['gpt', 't5'])
 def test_sft_learns(family, tmp_path):
   c = finetune_config('sft', '', **{'train.steps': 60, 'train.seq_len': 24, 'data.vocab_size': 1000,

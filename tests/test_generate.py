@@ -8,7 +8,7 @@ import pytest
 from zoo import decoding, models
 
 
-@pytest.mark.parametrize('family,kw', [('gpt', {}), ('rnn_lm', {'cell': 'gru'})])
+@pytest.mark.parametrize('family,kw', [('gpt', {}), pytest.param('rnn_lm', {'cell': 'gru'}, marks=pytest.mark.slow)])
 def test_greedy_with_the_cache_equals_greedy_by_full_forward_passes(family, kw):
   model = models.get_model(family, 'tiny', dropout_rate=0.0, **kw)
   prompt = jax.random.randint(jax.random.key(1), (2, 5), 20, 512)
@@ -38,6 +38,7 @@ def test_top_k_and_top_p_never_sample_outside_their_sets():
   assert set(np.unique(greedy)) == {0}
 
 
+@pytest.mark.slow
 def test_low_temperature_approaches_greedy_and_eos_stops_a_row():
   model = models.get_model('gpt', 'tiny', dropout_rate=0.0)
   prompt = jax.random.randint(jax.random.key(1), (3, 4), 20, 512)
@@ -66,6 +67,7 @@ def _sequence_logp(model, params, src, seqs, start_id):
   return jnp.take_along_axis(logp, seqs[..., None], -1)[..., 0].sum(-1)
 
 
+@pytest.mark.slow
 def test_seq2seq_greedy_equals_full_forward_and_one_beam_equals_greedy():
   model, params, src = _t5()
   greedy = np.asarray(decoding.greedy_seq2seq(model, params, src, max_len=6, start_id=0, eos_id=-1))
@@ -78,6 +80,7 @@ def test_seq2seq_greedy_equals_full_forward_and_one_beam_equals_greedy():
   np.testing.assert_array_equal(np.asarray(one), greedy)
 
 
+@pytest.mark.slow
 def test_beam_search_finds_likelier_sequences_and_scores_them_right():
   model, params, src = _t5()
   greedy = decoding.greedy_seq2seq(model, params, src, max_len=5, start_id=0, eos_id=-1)
@@ -99,6 +102,7 @@ def test_beam_search_finds_likelier_sequences_and_scores_them_right():
       np.testing.assert_allclose(s[row], lp[0] / decoding.length_penalty(n, 0.6), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_seq2seq_sampling_stays_in_top_k():
   model, params, src = _t5()
   out = decoding.sample_seq2seq(model, params, src, jax.random.key(3), max_len=4, temperature=1.0, top_k=1,

@@ -56,6 +56,7 @@ def size_table():
   return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_published_parameter_counts_within_one_percent(size_table):
   rows = {(r['family'], r['size']): r for r in size_table}
   assert {('bert', 'base'), ('gpt', 'small'), ('t5', 'small')} <= {k for k, r in rows.items() if 'published' in r}
@@ -125,7 +126,7 @@ def test_decoder_only_models_are_causal(family, kw):
   assert_causal(jax.jit(lambda x: apply(model, v, x)), tokens, 4)
 
 
-@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
+@pytest.mark.parametrize('family', ['t5', pytest.param('bart', marks=pytest.mark.slow), pytest.param('rnn_seq2seq', marks=pytest.mark.slow)])
 def test_encoder_decoder_decoders_are_causal(family):
   model = tiny(family)
   src, tgt = toks(1, 2, 7), toks(2, 2, 9)
@@ -176,7 +177,7 @@ def packed(a, b):
   return tokens, seg, pos
 
 
-@pytest.mark.parametrize('family', ['gpt', 'bert', 'glm'])
+@pytest.mark.parametrize('family', ['gpt', pytest.param('bert', marks=pytest.mark.slow), 'glm'])
 def test_packed_documents_do_not_see_each_other(family):
   model = tiny(family)
   a, b = toks(1, 2, 4), toks(2, 2, 6)
@@ -225,8 +226,10 @@ def step_by_step(model, params, full_kwargs, step_kwargs, n, prefill=1, method=N
   return jnp.concatenate(outs, axis=1)
 
 
-@pytest.mark.parametrize('family,kw', [('gpt', {}), ('gpt', {'position': 'rotary'}), ('gpt', {'scan_layers': True}),
-                                       ('rnn_lm', {'cell': 'lstm'}), ('rnn_lm', {'cell': 'gru'})])
+@pytest.mark.parametrize('family,kw', [('gpt', {}), pytest.param('gpt', {'position': 'rotary'}, marks=pytest.mark.slow),
+                                       pytest.param('gpt', {'scan_layers': True}, marks=pytest.mark.slow),
+                                       ('rnn_lm', {'cell': 'lstm'}),
+                                       pytest.param('rnn_lm', {'cell': 'gru'}, marks=pytest.mark.slow)])
 def test_decoder_kv_cache_equals_full_forward(family, kw):
   model = tiny(family, **kw)
   tokens = toks(1, 2, 8)
@@ -249,7 +252,7 @@ def test_glm_kv_cache_equals_full_forward():
   np.testing.assert_allclose(got, full, atol=1e-4)
 
 
-@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
+@pytest.mark.parametrize('family', ['t5', pytest.param('bart', marks=pytest.mark.slow), pytest.param('rnn_seq2seq', marks=pytest.mark.slow)])
 def test_encoder_decoder_kv_cache_equals_full_forward(family):
   model = tiny(family)
   src, tgt = toks(1, 2, 7), toks(2, 2, 6)
@@ -318,7 +321,7 @@ def test_dense_matmuls_accumulate_in_float32_forward_and_backward():
   np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=0.05, atol=0.5)
 
 
-@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
+@pytest.mark.parametrize('family', ['t5', pytest.param('bart', marks=pytest.mark.slow), pytest.param('rnn_seq2seq', marks=pytest.mark.slow)])
 def test_greedy_decoding_with_the_cache_equals_full_forward_passes(family):
   from zoo import decoding
   model = tiny(family)

@@ -66,7 +66,8 @@ def test_lstm_cell():
     np.testing.assert_allclose(got, h, atol=1e-5)
 
 
-@pytest.mark.parametrize('kind', recurrent.CELLS)
+@pytest.mark.parametrize('kind', [k if k == 'lstm' else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in recurrent.CELLS])
 def test_stacked_bidirectional_layers(kind):
   """Two bidirectional layers: forward = cells run left to right, backward = right to left over the real
   tokens only (the padding of the shorter sequence is skipped), concatenated, fed to the next layer."""

@@ -15,20 +15,9 @@ import pytest
 
 from zoo import checkpoint as ckpt
 from zoo import train
-from zoo.data import sources
-from zoo.data import tokenizer as tk
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-@pytest.fixture(scope='module')
-def tokenizer_path(tmp_path_factory):
-  """One tokenizer on the default corpus for every run here (training one per run would dominate)."""
-  docs, _ = sources.read_documents('default')
-  path = str(tmp_path_factory.mktemp('tok') / 'spm.model')
-  tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=path)
-  return path
 
 
 def recipe(name, tokenizer_path, **overrides):
@@ -65,6 +54,7 @@ def final_params(workdir, step):
 @pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart',
                                   'rnn_seq2seq', 'glm', 'lstm', 'gru',
                                   'rnn'])
+@pytest.mark.slow
 def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   assert jax.device_count() == 8
   steps = 40
@@ -83,6 +73,7 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
 
 
+@pytest.mark.slow
 def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_path):
   base = {'train.steps': 5, 'model.dropout_rate': 0.0, 'checkpoint.every': 100, 'train.eval_batches': 1}
   layouts = {
@@ -114,6 +105,7 @@ def _run_cli(workdir, tokenizer_path, steps, extra=()):
   return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_resume_is_exact_also_after_sigterm(tokenizer_path, tmp_path):
   common = {'optimizer.decay_steps': 20, 'checkpoint.every': 10, 'train.eval_batches': 1}
   train.train_and_evaluate(recipe('gpt', tokenizer_path, **common, **{'train.steps': 20}), str(tmp_path / 'once'))
@@ -150,6 +142,7 @@ def test_resume_is_exact_also_after_sigterm(tokenizer_path, tmp_path):
     assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_evaluates_on_other_topologies(tokenizer_path, tmp_path):
   trained_config = recipe('bert', tokenizer_path, **{'train.steps': 6, 'mesh.data': 1, 'mesh.fsdp': 8})
   trained = train.train_and_evaluate(trained_config, str(tmp_path))
@@ -194,6 +187,7 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
   assert proc.returncode != 0 and 'hiddne' in out
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_mesh(tokenizer_path, tmp_path):
   """Multi-host on one machine: two processes of 4 CPU devices each join one 8-device mesh through
   jax.distributed; each feeds its own half of the global batch; process 0 writes the logs."""
@@ -219,3 +213,33 @@ def test_two_processes_train_one_mesh(tokenizer_path, tmp_path):
   curve = losses(tmp_path)
   assert curve[12] < curve[1] - 0.3
   assert (tmp_path / 'checkpoints' / '12').exists() and (tmp_path / 'eval.json').exists()
+
+
+RECIPES = ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart', 'rnn_seq2seq', 'glm', 'lstm',
+           'gru', 'rnn']
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_each_recipe_starts_at_chance_and_steps_downhill(name, tokenizer_path):
+  """The fast tier's smoke test of every recipe: built from its config, each loss term starts at chance
+  (ln of the number of classes: the padded vocabulary, or 2 for NSP / SOP), and three steps on one batch
+  lower the loss at every step. One compile per recipe, on one device (the 8-device layouts are the slow tier's)."""
+  c = recipe(name, tokenizer_path, **{'train.steps': 3, 'train.seq_len': 32, 'train.batch_size': 8,
+                                      'model.dropout_rate': 0.0, 'optimizer.warmup_steps': 0,
+                                      'mesh.devices': 1})
+  run = train.build(c, '/nonexistent-unused')  # the tokenizer is a file: nothing is written
+  state = train.init_state(run)
+  step = train.make_train_step(run)
+  batch = next(iter(run.inputs.train_dataset(run)))
+  example = run.placement.put(run.objective.example(batch, train.example_rng(0, 0)))
+  curve = []
+  for _ in range(3):
+    state, metrics = step(state, example, jax.random.key(0))
+    curve.append({k: float(v) for k, v in metrics.items()})
+  chance = {'nsp': np.log(2), 'sop': np.log(2)}
+  terms = [k[:-len('_loss')] for k in curve[0] if k.endswith('_loss')]
+  assert terms
+  for term in terms:
+    assert curve[0][f'{term}_loss'] == pytest.approx(chance.get(term, np.log(run.model.vocab_size)), abs=0.35), term
+  assert curve[2]['loss'] < curve[1]['loss'] < curve[0]['loss'], [m['loss'] for m in curve]
+  assert int(jax.device_get(state.step)) == 3

@@ -23,7 +23,8 @@ def randomize(params, seed=0):
                                 nn.unbox(params))
 
 
-@pytest.mark.parametrize('pre_ln,norm', [(True, 'layernorm'), (False, 'layernorm'), (True, 'rmsnorm')])
+@pytest.mark.parametrize('pre_ln,norm', [pytest.param(True, 'layernorm', marks=pytest.mark.slow), (False, 'layernorm'),
+                                         (True, 'rmsnorm')])
 def test_block_residual_order(pre_ln, norm):
   d, eps = 16, 1e-5
   x = np.random.default_rng(1).normal(size=(2, 5, d)).astype(np.float32)

@@ -5,7 +5,7 @@
 - `beam_search`: the encoder-decoders, with GNMT's length penalty.
 
 These work on token ids. `zoo.generate(loaded, prompts)` (zoo.api) goes from text to text with a trained run's
-tokenizer, and `python -m zoo.generate --workdir=DIR --prompt="..."` does so from the command line.
+tokenizer, and `python -m zoo.sample --workdir=DIR --prompt="..."` does so from the command line.
 
 >>> import jax, jax.numpy as jnp
 >>> from zoo import models

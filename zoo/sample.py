@@ -1,7 +1,8 @@
-"""python -m zoo.generate --workdir=DIR --prompt="..." [--prompt=...]: sample from a trained checkpoint.
+"""python -m zoo.sample --workdir=DIR --prompt="..." [--prompt=...]: sample from a trained checkpoint.
 
-The command line of `zoo.api.generate`. In Python, `zoo.generate(loaded, prompts)` is that function, and the
-decoding library it runs on (sampling, beam search, GLM blank filling) is `zoo.decoding`.
+The command line of `zoo.generate` (zoo.api.generate), the text-to-text function; the decoding library under it
+(sampling, beam search, GLM blank filling) is `zoo.decoding`. No module is named zoo.generate, so that name is
+always the function.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from zoo import api, models
 
 def main(argv=None) -> None:
   """Sample from a trained checkpoint and print each prompt with its continuation (or answer)."""
-  parser = argparse.ArgumentParser(prog='python -m zoo.generate', description='Sample from a trained zoo checkpoint.')
+  parser = argparse.ArgumentParser(prog='python -m zoo.sample', description='Sample from a trained zoo checkpoint.')
   parser.add_argument('--workdir', required=True, help='a workdir train.py wrote (or one of its checkpoints/<step>)')
   parser.add_argument('--prompt', action='append', required=True, help='repeat for several prompts')
   parser.add_argument('--max_new', type=int, default=50, help='tokens to generate')
