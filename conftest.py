@@ -22,19 +22,24 @@ def key():
 
 
 # ---------------------------------------------------------------------------- shared tiny runs
-# Trained once per test process and shared by every test that asks; the tests that share a run are kept on one
-# xdist worker (--dist=loadgroup, see pytest_collection_modifyitems), so each run is made once per suite.
-
-_GROUPS = {'pretrained_bert': 'bert', 'gpt_workdir': 'gpt', 'hf_bert': 'hf_bert', 'hf_gpt': 'hf_gpt'}
+# Made once per test session and shared by every test that asks, on every xdist worker: the first worker to need
+# one makes it under a file lock, the others wait for it and read it.
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-  for item in items:
-    for fixture, group in _GROUPS.items():
-      if fixture in getattr(item, 'fixturenames', ()):
-        item.add_marker(pytest.mark.xdist_group(group))
-        break
+def _shared(tmp_path_factory, name: str, make) -> pathlib.Path:
+  """A directory made once per session by make(directory), shared by the xdist workers."""
+  import fcntl
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the workers' base directories sit side by side in this session's directory
+  directory = root / f'shared-{name}'
+  with open(root / f'shared-{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (directory / 'DONE').exists():
+      directory.mkdir(exist_ok=True)
+      make(directory)
+      (directory / 'DONE').touch()
+  return directory
 
 
 def _override(c, overrides: dict):
@@ -52,10 +57,11 @@ def tokenizer_path(tmp_path_factory):
   """A SentencePiece model of 1000 pieces (20 sentinels) on the default corpus."""
   from zoo.data import sources
   from zoo.data import tokenizer as tk
-  docs, _ = sources.read_documents('default')
-  path = str(tmp_path_factory.mktemp('tok') / 'spm.model')
-  tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=path)
-  return path
+
+  def make(directory):
+    docs, _ = sources.read_documents('default')
+    tk.train_tokenizer(docs, vocab_size=1000, num_sentinels=20, path=str(directory / 'spm.model'))
+  return str(_shared(tmp_path_factory, 'tokenizer', make) / 'spm.model')
 
 
 @pytest.fixture(scope='session')
@@ -68,9 +74,7 @@ def pretrained_bert(tmp_path_factory, tokenizer_path):
   c = _override(importlib.import_module('configs.bert').get_config('tiny'), {
       'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'train.seq_len': 64, 'train.batch_size': 16,
       'train.steps': 10, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.fsdp': 2})
-  workdir = str(tmp_path_factory.mktemp('bert') / 'workdir')
-  train.train_and_evaluate(c, workdir)
-  return workdir
+  return str(_shared(tmp_path_factory, 'bert', lambda d: train.train_and_evaluate(c, str(d / 'workdir'))) / 'workdir')
 
 
 @pytest.fixture(scope='session')
@@ -83,6 +87,4 @@ def gpt_workdir(tmp_path_factory, tokenizer_path):
   c = _override(importlib.import_module('configs.gpt').get_config('tiny'), {
       'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'train.steps': 6, 'train.batch_size': 16,
       'train.seq_len': 32, 'train.eval_batches': 2, 'log.tensorboard': False, 'mesh.fsdp': 4})
-  workdir = str(tmp_path_factory.mktemp('gpt') / 'gpt')
-  train.train_and_evaluate(c, workdir)
-  return workdir
+  return str(_shared(tmp_path_factory, 'gpt', lambda d: train.train_and_evaluate(c, str(d / 'gpt'))) / 'gpt')
