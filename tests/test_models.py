@@ -252,7 +252,8 @@ def test_glm_kv_cache_equals_full_forward():
   np.testing.assert_allclose(got, full, atol=1e-4)
 
 
-@pytest.mark.parametrize('family', ['t5', pytest.param('bart', marks=pytest.mark.slow), pytest.param('rnn_seq2seq', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
 def test_encoder_decoder_kv_cache_equals_full_forward(family):
   model = tiny(family)
   src, tgt = toks(1, 2, 7), toks(2, 2, 6)
@@ -321,7 +322,8 @@ def test_dense_matmuls_accumulate_in_float32_forward_and_backward():
   np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=0.05, atol=0.5)
 
 
-@pytest.mark.parametrize('family', ['t5', pytest.param('bart', marks=pytest.mark.slow), pytest.param('rnn_seq2seq', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
 def test_greedy_decoding_with_the_cache_equals_full_forward_passes(family):
   from zoo import decoding
   model = tiny(family)

@@ -7,7 +7,7 @@ import pytest
 from zoo import models, parallel
 
 
-@pytest.mark.parametrize('family', ['bert', 'gpt', 't5'])
+@pytest.mark.parametrize('family', ['bert', 'gpt', pytest.param('t5', marks=pytest.mark.slow)])
 def test_sharded_forward_equals_single_device(family):
   model = models.get_model(family, 'tiny', dropout_rate=0.0)
   batch = model.example_batch(4, 8)
