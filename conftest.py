@@ -42,16 +42,6 @@ def _shared(tmp_path_factory, name: str, make) -> pathlib.Path:
   return directory
 
 
-def _override(c, overrides: dict):
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
 @pytest.fixture(scope='session')
 def tokenizer_path(tmp_path_factory):
   """A SentencePiece model of 1000 pieces (20 sentinels) on the default corpus."""
@@ -64,27 +54,29 @@ def tokenizer_path(tmp_path_factory):
   return str(_shared(tmp_path_factory, 'tokenizer', make) / 'spm.model')
 
 
-@pytest.fixture(scope='session')
-def pretrained_bert(tmp_path_factory, tokenizer_path):
-  """A tiny BERT pretrained (MLM) for 10 steps on 8 devices with data=4 x fsdp=2: its workdir."""
+def _pretrained(tmp_path_factory, recipe: str, overrides: dict) -> str:
+  """The workdir of a tiny run of configs/<recipe>.py with these overrides, trained once per session."""
   import importlib
   import sys
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+  from zoo import config as config_lib
   from zoo import train
-  c = _override(importlib.import_module('configs.bert').get_config('tiny'), {
-      'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'train.seq_len': 64, 'train.batch_size': 16,
-      'train.steps': 10, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.fsdp': 2})
-  return str(_shared(tmp_path_factory, 'bert', lambda d: train.train_and_evaluate(c, str(d / 'workdir'))) / 'workdir')
+  c = config_lib.override(importlib.import_module(f'configs.{recipe}').get_config('tiny'), {
+      'data.vocab_size': 1000, 'log.tensorboard': False, **overrides})
+  return str(_shared(tmp_path_factory, recipe, lambda d: train.train_and_evaluate(c, str(d / 'workdir'))) / 'workdir')
+
+
+@pytest.fixture(scope='session')
+def pretrained_bert(tmp_path_factory, tokenizer_path):
+  """A tiny BERT pretrained (MLM) for 10 steps on 8 devices with data=4 x fsdp=2: its workdir."""
+  return _pretrained(tmp_path_factory, 'bert', {'data.tokenizer': tokenizer_path, 'train.seq_len': 64,
+                                                'train.batch_size': 16, 'train.steps': 10, 'train.eval_batches': 1,
+                                                'mesh.fsdp': 2})
 
 
 @pytest.fixture(scope='session')
 def gpt_workdir(tmp_path_factory, tokenizer_path):
   """A tiny GPT trained for 6 steps on 8 devices with data=2 x fsdp=4: its workdir."""
-  import importlib
-  import sys
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-  from zoo import train
-  c = _override(importlib.import_module('configs.gpt').get_config('tiny'), {
-      'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'train.steps': 6, 'train.batch_size': 16,
-      'train.seq_len': 32, 'train.eval_batches': 2, 'log.tensorboard': False, 'mesh.fsdp': 4})
-  return str(_shared(tmp_path_factory, 'gpt', lambda d: train.train_and_evaluate(c, str(d / 'gpt'))) / 'gpt')
+  return _pretrained(tmp_path_factory, 'gpt', {'data.tokenizer': tokenizer_path, 'train.steps': 6,
+                                               'train.batch_size': 16, 'train.seq_len': 32, 'train.eval_batches': 2,
+                                               'mesh.fsdp': 4})

@@ -13,6 +13,7 @@ import pytest
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
+from zoo import config as config_lib
 from zoo import tasks, train
 from zoo.data import sources
 from zoo.data import tokenizer as tk
@@ -23,16 +24,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _set(c, overrides):
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
 @pytest.fixture
 def pretrained(pretrained_bert):
   return pretrained_bert
@@ -41,7 +32,7 @@ def pretrained(pretrained_bert):
 def finetune_config(task, init_from, **overrides):
   c = importlib.import_module('configs.finetune').get_config(task)
   c.task.init_from = init_from
-  return _set(c, {'train.seq_len': 32, 'train.batch_size': 16, 'train.eval_every': 0, 'log.every': 5,
+  return config_lib.override(c, {'train.seq_len': 32, 'train.batch_size': 16, 'train.eval_every': 0, 'log.every': 5,
                   'log.tensorboard': False, 'mesh.devices': 2, **overrides})
 
 
@@ -90,7 +81,6 @@ def test_tagging_beats_all_o(pretrained, tmp_path):
 @pytest.mark.parametrize('kind', ['lora', 'prefix'])
 def test_adapters_train_only_themselves(tmp_path, kind):
   """SFT of a GPT whose base is frozen: only the adapters train (no head), so a falling loss is their doing."""
-  from zoo import config as config_lib
   workdir = str(tmp_path / kind)
   cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40, 'train.seq_len': 24, 'data.vocab_size': 1000,
                                                'mesh.devices': 2})
@@ -203,7 +193,6 @@ def test_sft_weights_cover_the_target_only():
 def test_sft_learns(family, tmp_path):
   c = finetune_config('sft', '', **{'train.steps': 60, 'train.seq_len': 24, 'data.vocab_size': 1000,
                                     'optimizer.learning_rate': 5e-3})
-  from zoo import config as config_lib
   config_lib.set_model(c, family, 'tiny')
   metrics = train.train_and_evaluate(c, str(tmp_path / family))
   rows = [r for r in _metrics(str(tmp_path / family)) if 'loss' in r and 'eval_loss' not in r]

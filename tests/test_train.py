@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from zoo import checkpoint as ckpt
+from zoo import config as config_lib
 from zoo import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -29,13 +30,7 @@ def recipe(name, tokenizer_path, **overrides):
   c.train.eval_batches = 2
   c.log.every = 1
   c.log.tensorboard = False
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return config_lib.override(c, overrides)
 
 
 def losses(workdir):

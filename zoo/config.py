@@ -115,6 +115,22 @@ def set_model(c: ml_collections.ConfigDict, family: str, size: str) -> None:
       c.model[key] = value
 
 
+def override(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Set dotted fields in place, as --config.<field>=<value> does on the command line; returns c.
+
+  >>> c = base_config()
+  >>> override(c, {'train.steps': 50, 'model.dropout_rate': 0.0}).train.steps
+  50
+  """
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
 def check(config: ml_collections.ConfigDict, num_processes: int = 1) -> None:
   """Refuse, before anything compiles, a configuration that cannot run, naming the field and the fix."""
   t = config.train
