@@ -15,16 +15,24 @@ from zoo.train import steps
 
 
 class Inputs:
-  """The interface: train_dataset, eval_examples, summarize, describe."""
+  """What the loop and evaluation ask of a run's inputs."""
 
-  def train_dataset(self, run): ...
+  def train_dataset(self, run):
+    """A checkpointable grain dataset of this process's training batches (its iterator resumes exactly)."""
+    raise NotImplementedError
 
   def eval_examples(self, run) -> Iterator[tuple[dict, int | None]]:
-    """(this process's rows of a host example, how many rows of the global batch are real or None)."""
+    """(this process's rows of a host example, how many rows of the global batch are real or None), in a fixed
+    order with fixed masks."""
+    raise NotImplementedError
 
-  def summarize(self, run, sums: dict, predictions: dict) -> dict: ...
+  def summarize(self, run, sums: dict, predictions: dict) -> dict:
+    """Evaluation metrics from the summed '{term}/count|loss|correct' and the per-row predictions."""
+    raise NotImplementedError
 
-  def describe(self) -> str: ...
+  def describe(self) -> str:
+    """For the run's first log line: the objective, or the task and its example counts."""
+    raise NotImplementedError
 
 
 def _perplexity(metrics: dict, run) -> dict:

@@ -28,24 +28,59 @@ def devices_of(config) -> list:
 
 
 class Placement:
-  """The interface (see Jit for what each method does)."""
+  """What the loop, evaluation and state code ask of a placement. Subclasses: `Jit` here, `zoo.train.pmap.Pmap`."""
   name = ''
   axis_name: str | None = None  # the collective axis a step sums over (pmap), or None (jit: XLA partitions)
-  mesh = None
+  mesh = None  # the device Mesh (jit), or None
   devices: list = []
 
-  def describe(self) -> str: ...
-  def state_shardings(self, boxed, abstract, tx, rules): ...
-  def init(self, fn, rng, shardings): ...
-  def distribute(self, state): ...
-  def restore_target(self, abstract, shardings): ...
-  def compile_train(self, step, state_shardings): ...
-  def compile_eval(self, step): ...
-  def put(self, example: dict): ...
-  def fetch(self, tree): ...
-  def fetch_rows(self, tree): ...
-  def saveable(self, state): ...
-  def context(self): ...
+  def describe(self) -> str:
+    """For the run's first log line: the mesh shape, or 'pmap'."""
+    raise NotImplementedError
+
+  def state_shardings(self, boxed, abstract, tx, rules):
+    """The TrainState's shardings from its boxed shapes (None: the placement places it itself)."""
+    raise NotImplementedError
+
+  def init(self, fn, rng, shardings):
+    """fn(rng) -> state, compiled and run so that the state lands where `shardings` says (one copy for pmap)."""
+    raise NotImplementedError
+
+  def distribute(self, state):
+    """A whole state -> what the train step takes (pmap: one copy per local device)."""
+    raise NotImplementedError
+
+  def restore_target(self, abstract, shardings):
+    """ShapeDtypeStructs with shardings for Orbax to restore into."""
+    raise NotImplementedError
+
+  def compile_train(self, step, state_shardings):
+    """step(state, example, rng) -> (state, metrics), compiled with the state donated."""
+    raise NotImplementedError
+
+  def compile_eval(self, step):
+    """step(params, example) -> outputs, compiled."""
+    raise NotImplementedError
+
+  def put(self, example: dict):
+    """This process's rows of a host example -> device arrays for the step."""
+    raise NotImplementedError
+
+  def fetch(self, tree):
+    """Step outputs that are the same everywhere (metrics, sums) -> one host copy."""
+    raise NotImplementedError
+
+  def fetch_rows(self, tree):
+    """Per-row step outputs (predictions) -> host arrays, rows in batch order."""
+    raise NotImplementedError
+
+  def saveable(self, state):
+    """The state as a checkpoint holds it (one copy)."""
+    raise NotImplementedError
+
+  def context(self):
+    """The context the step is traced in (mesh and logical-axis rules; nothing for pmap)."""
+    raise NotImplementedError
 
 
 class Jit(Placement):
