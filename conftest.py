@@ -80,3 +80,17 @@ def gpt_workdir(tmp_path_factory, tokenizer_path):
   return _pretrained(tmp_path_factory, 'gpt', {'data.tokenizer': tokenizer_path, 'train.steps': 6,
                                                'train.batch_size': 16, 'train.seq_len': 32, 'train.eval_batches': 2,
                                                'mesh.fsdp': 4})
+
+
+_LONGEST_FIRST = ('test_colab.py', 'test_train.py', 'test_finetune.py')  # the modules of the longest slow tests
+
+
+def pytest_collection_modifyitems(items):
+  """The slow tests first, the longest of them first (stable otherwise): the xdist workers then end together
+  instead of one waiting while the other runs a long test that happened to come last."""
+  def order(item):
+    if item.get_closest_marker('slow') is None:
+      return (1, 0)
+    name = item.path.name
+    return (0, _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST))
+  items.sort(key=order)
