@@ -62,7 +62,6 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   curve = losses(tmp_path)
   first = np.mean([curve[s] for s in (1, 2, 3)])
   last = np.mean([curve[s] for s in range(steps - 4, steps + 1)])
-  print(f'{name}: first {first:.3f} last {last:.3f}')
   assert last < first - 0.5, (first, last)
   assert json.load(open(tmp_path / 'eval.json'))['loss'] == pytest.approx(metrics['loss'])
   assert metrics['loss'] < first

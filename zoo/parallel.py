@@ -103,16 +103,12 @@ def check_rules(rules, used=()) -> None:
                      f'({missing[0]!r}, None) to replicate it, or map it to a mesh axis')
 
 
-def logical_shardings(boxed, mesh: Mesh, rules=LOGICAL_RULES):
-  """NamedShardings for a boxed tree (parameters carrying logical names), after `check_rules`."""
-  specs = nn.get_partition_spec(boxed)
+def param_shardings(abstract_variables, mesh: Mesh, rules=LOGICAL_RULES):
+  """NamedShardings for a (boxed) variable tree, e.g. the output of `jax.eval_shape(model.init, ...)`, after
+  `check_rules` on the names it and the activations use."""
+  specs = nn.get_partition_spec(abstract_variables)
   check_rules(rules, logical_names(specs) | set(ACTIVATION_AXES))
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
-
-
-def param_shardings(abstract_variables, mesh: Mesh, rules=LOGICAL_RULES):
-  """NamedShardings for a (boxed) variable tree, e.g. the output of `jax.eval_shape(model.init, ...)`."""
-  return logical_shardings(abstract_variables, mesh, rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -34,8 +34,7 @@ def check_family(obj, family: str, field: str, verb: str = 'trains') -> None:
   kinds it trains (empty: any), and `obj.recurrent` says whether the RNN families are among them."""
   from zoo import models
   entry = models.get_family(family)
-  kinds = getattr(obj, 'kinds', ())
-  if (kinds and entry.kind not in kinds) or (entry.recurrent and not getattr(obj, 'recurrent', True)):
-    fits = models.families_of(*(kinds or models.KINDS), recurrent=None if getattr(obj, 'recurrent', True) else False)
+  if (obj.kinds and entry.kind not in obj.kinds) or (entry.recurrent and not obj.recurrent):
+    fits = models.families_of(*(obj.kinds or models.KINDS), recurrent=None if obj.recurrent else False)
     raise ValueError(f'{field} {verb} {sorted(fits)}, not model.family={family!r}: pick a matching recipe '
                      f'from configs/')

@@ -100,7 +100,7 @@ class Jit(Placement):
   def state_shardings(self, boxed, abstract, tx, rules):
     """NamedShardings of the state: parameters by their logical axes, optimizer moments like them."""
     from zoo.train.state import TrainState
-    param_shardings = parallel.logical_shardings(boxed.params, self.mesh, rules)
+    param_shardings = parallel.param_shardings(boxed.params, self.mesh, rules)
     repl = parallel.replicated(self.mesh)
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  frozen parameters have no state
     opt_shardings = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abstract.opt_state,
