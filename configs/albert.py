@@ -17,7 +17,8 @@ def get_config(size: str = 'tiny'):
       del c.model[key]
   set_model(c, 'albert', size or 'tiny')  # family and size; every size field can be overridden
   c.model.dropout_rate = 0.0  # ALBERT v2
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'sop'
   c.objective.pair_task = 'sop'
   c.objective.positive_rate = 0.5  # pairs in order

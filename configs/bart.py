@@ -15,7 +15,8 @@ def get_config(size: str = 'tiny'):
   tiny = (size or 'tiny') == 'tiny'
   set_model(c, 'bart', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer per stack, compile time flat in depth
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'denoising'
   c.objective.infill_rate = 0.3  # fraction of tokens removed in spans, each span replaced by one [MASK]
   c.objective.poisson_lambda = 3.0  # mean span length of text infilling

@@ -13,7 +13,8 @@ def get_config(size: str = 'tiny'):
   tiny = (size or 'tiny') == 'tiny'
   set_model(c, 'bert', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer, compile time flat in depth
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'mlm'
   c.objective.mask_rate = 0.15  # of the maskable tokens, chosen for prediction
   c.objective.mask_token_rate = 0.8  # of the chosen: [MASK]

@@ -14,7 +14,8 @@ def get_config(size: str = 'tiny'):
   tiny = (size or 'tiny') == 'tiny'
   set_model(c, 'glm', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer, compile time flat in depth
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'blank_infilling'
   c.objective.mask_ratio = 0.15  # fraction of tokens in spans
   c.objective.poisson_lambda = 3.0  # span lengths ~ Poisson(lambda), at least 1

@@ -12,7 +12,8 @@ def get_config(size: str = 'tiny'):
   c = base_config()
   set_model(c, 'gpt', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer, compile time flat in depth (TPU, deep models)
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'causal_lm'
   c.data.vocab_size = 2000 if c.model.size == 'tiny' else 32000
   c.train.steps = 300 if c.model.size == 'tiny' else 100_000

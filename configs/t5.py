@@ -13,7 +13,8 @@ def get_config(size: str = 'tiny'):
   tiny = (size or 'tiny') == 'tiny'
   set_model(c, 't5', size or 'tiny')  # family and size; every size field can be overridden
   c.model.scan_layers = False  # True: one compiled layer per stack, compile time flat in depth
-  c.model.remat = False  # True: recompute activations in the backward pass (less memory)
+  c.model.remat = 'none'  # full, or a jax.checkpoint_policies name (dots_saveable): recompute in the backward pass
+  c.model.attention = 'auto'  # xla, cudnn (GPU), splash (TPU), pallas (GPU): auto picks the fastest that fits
   c.objective.name = 'span_corruption'
   c.objective.noise_density = 0.15  # fraction of tokens corrupted
   c.objective.mean_span_length = 3.0  # mean length of a corrupted span

@@ -12,33 +12,26 @@ import jax.numpy as jnp
 from jax import lax
 
 from zoo.layers import adapters as adapters_lib
-from zoo.layers import common, position
+from zoo.layers import common, kernels, position
 
-_NEG = -1e9  # finite, so a fully masked row gives a uniform (ignored) average instead of NaN
+Mask = kernels.Mask  # the structured mask the fused kernels take (zoo.layers.kernels)
 
 
 def dot_product_attention(q, k, v, mask=None, bias=None, *, scale: float | None = None,
-                          dropout_rate: float = 0.0, dropout_rng=None, dtype=jnp.float32):
-  """softmax(q k^T * scale + bias, where mask) v, with the softmax in float32.
+                          dropout_rate: float = 0.0, dropout_rng=None, dtype=jnp.float32,
+                          implementation: str = 'xla'):
+  """softmax(q k^T * scale + bias, where mask) v, by `implementation` (zoo.layers.kernels: xla, cudnn, splash,
+  pallas or auto); xla keeps the softmax in float32.
 
-  q [B, T, N, H], k and v [B, S, N, H]; scale defaults to 1/sqrt(H) (T5 uses 1.0).
-  Returns [B, T, N, H] in `dtype`.
+  q [B, T, N, H], k and v [B, S, N, H]; mask a `Mask` or a boolean array; scale defaults to 1/sqrt(H) (T5 uses
+  1.0). Returns [B, T, N, H] in `dtype`.
 
   >>> q = k = v = jnp.ones((1, 2, 1, 4))
   >>> dot_product_attention(q, k, v).shape
   (1, 2, 1, 4)
   """
-  scale = q.shape[-1] ** -0.5 if scale is None else scale
-  logits = common.einsum('BTNH,BSNH->BNTS', q, k, dtype=dtype) * scale  # [B, N, T, S] f32
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _NEG)
-  weights = jax.nn.softmax(logits, axis=-1)
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  return common.einsum('BNTS,BSNH->BTNH', weights, v, dtype=dtype).astype(dtype)
+  return kernels.attend(q, k, v, mask, bias, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                        dtype=dtype, implementation=implementation)
 
 
 def padding_mask(q_valid: jax.Array, k_valid: jax.Array | None = None) -> jax.Array:
@@ -110,11 +103,13 @@ class MultiHeadAttention(nn.Module):
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
   adapters: adapters_lib.Adapters | None = None  # LoRA on the projections; prefix keys/values (self-attention)
+  implementation: str = 'xla'  # zoo.layers.kernels: auto, xla, cudnn, splash, pallas
 
   @nn.compact
   def __call__(self, x, kv=None, mask=None, bias=None, positions=None, deterministic: bool = True,
                decode: bool = False):
-    """x [B, T, D]; kv [B, S, D] or None; mask [B|1, N|1, T, S]; bias [B|1, N, T, S]; positions [B|1, T]."""
+    """x [B, T, D]; kv [B, S, D] or None; mask a `Mask` or boolean [B|1, N|1, T, S]; bias [B|1, N, T, S];
+    positions [B|1, T]."""
     b, t, d = x.shape
     n, h = self.num_heads, self.head_dim
 
@@ -133,9 +128,13 @@ class MultiHeadAttention(nn.Module):
     if decode:
       if kv is not None:
         raise ValueError('decode=True caches self-attention; pass kv=None')
+      if isinstance(mask, Mask):
+        mask = mask.dense(t, t)
       k, v, mask = self._update_cache(k, v, mask)
     prefix = adapters_lib.prefix(self, self.adapters, b, n, h, d, k.dtype) if kv is None else None
     if prefix is not None:  # prefix tuning: P more keys and values that every query sees
+      if isinstance(mask, Mask):
+        mask = mask.dense(t, k.shape[1])
       k, v = jnp.concatenate([prefix[0], k], axis=1), jnp.concatenate([prefix[1], v], axis=1)
       p = prefix[0].shape[1]
       if mask is not None:
@@ -146,7 +145,8 @@ class MultiHeadAttention(nn.Module):
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
     out = dot_product_attention(q, k, v, mask, bias, scale=self.scale, dropout_rate=self.dropout_rate,
-                                dropout_rng=dropout_rng, dtype=self.dtype)  # [B, T, N, H]
+                                dropout_rng=dropout_rng, dtype=self.dtype,
+                                implementation=self.implementation)  # [B, T, N, H]
     out = out.reshape(b, t, n * h)
     y = common.dense(d, ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
                      kernel_init=self.kernel_init, name='out')(out)

@@ -87,12 +87,31 @@ def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = True, d
       dot_general=dot_general, name=name)
 
 
+class OneHotEmbed(nn.Embed):
+  """`nn.Embed` that looks up by one-hot matmul: for tables of few rows (positions, token types), whose gather's
+  backward is a scatter-add with thousands of collisions per row (it serializes on a GPU); the matmul's backward
+  is a matmul. Same parameter ('embedding') and values as `nn.Embed`.
+
+  >>> e = OneHotEmbed(4, 3)
+  >>> p = e.init(jax.random.key(0), jnp.arange(2))
+  >>> bool(jnp.allclose(e.apply(p, jnp.arange(2)), p['params']['embedding'][:2]))
+  True
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    table = self.embedding.astype(self.dtype or self.param_dtype)
+    one_hot = jax.nn.one_hot(inputs, self.num_embeddings, dtype=table.dtype)
+    return dot_general(one_hot, table, _DENSE_DIMS(one_hot.ndim))
+
+
 def embed(num_embeddings: int, features: int, axes: Sequence[str | None] = ('vocab', 'embed'), *,
           dtype: Dtype = jnp.float32, init: Initializer = default_embed_init,
           name: str | None = None) -> nn.Embed:
-  """An `nn.Embed` whose table carries logical axis names."""
-  return nn.Embed(num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
-                  embedding_init=nn.with_logical_partitioning(init, tuple(axes)), name=name)
+  """An `nn.Embed` whose table carries logical axis names. The vocabulary table is looked up by gather; the small
+  tables (positions, token types) by one-hot matmul (`OneHotEmbed`)."""
+  cls = nn.Embed if axes[0] == 'vocab' else OneHotEmbed
+  return cls(num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
+             embedding_init=nn.with_logical_partitioning(init, tuple(axes)), name=name)
 
 
 def attend(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:

@@ -67,6 +67,7 @@ class TransformerBlock(nn.Module):
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
   scanned: bool = False  # return (x, None) for nn.scan
+  attention: str = 'xla'  # the attention implementation (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
@@ -75,7 +76,7 @@ class TransformerBlock(nn.Module):
     attention = functools.partial(
         MultiHeadAttention, self.num_heads, self.head_dim, use_bias=self.use_bias,
         dropout_rate=self.dropout_rate, scale=self.attention_scale, dtype=self.dtype,
-        kernel_init=self.kernel_init, adapters=self.adapters)
+        kernel_init=self.kernel_init, adapters=self.adapters, implementation=self.attention)
 
     def sublayer(name, fn, x):
       norm = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name=f'{name}_norm')
@@ -96,21 +97,47 @@ class TransformerBlock(nn.Module):
     return (x, None) if self.scanned else x
 
 
+REMAT = ('none', 'full')  # or the name of any jax.checkpoint_policies policy
+
+
+def remat_policy(remat: bool | str):
+  """model.remat -> (recompute?, policy): 'none' (or False) keeps every activation; 'full' (or True) recomputes
+  each block in the backward pass; a `jax.checkpoint_policies` name (dots_saveable, nothing_saveable,
+  dots_with_no_batch_dims_saveable, ...) keeps what it names and recomputes the rest.
+
+  >>> remat_policy('none'), remat_policy(True)
+  ((False, None), (True, None))
+  >>> remat_policy('dots_saveable')[1] is jax.checkpoint_policies.dots_saveable
+  True
+  """
+  if remat in (False, None, 'none', ''):
+    return False, None
+  if remat in (True, 'full'):
+    return True, None
+  names = sorted(n for n in dir(jax.checkpoint_policies) if n.endswith('saveable') or n.startswith('checkpoint_'))
+  if remat not in names:  # the others (save_only_these_names, ...) are factories that need arguments
+    raise ValueError(f'model.remat={remat!r}: choose none, full, or a jax.checkpoint_policies name: '
+                     f'{", ".join(names)}')
+  return True, getattr(jax.checkpoint_policies, remat)
+
+
 def stack_layers(block: functools.partial, num_layers: int, x, *args, scan: bool = False,
-                 remat: bool = False, shared: bool = False, name: str = 'layers'):
+                 remat: bool | str = 'none', shared: bool = False, name: str = 'layers'):
   """Runs `num_layers` blocks over x; call inside a parent's `@nn.compact` method.
 
   block: `functools.partial(BlockClass, **fields)`; args: the block's remaining positional arguments
   (mask, bias, positions, encoded, cross_mask, deterministic, decode), the last two static.
   scan: one `nn.scan` over stacked parameters (axis 'layers'): compile time stays flat in depth.
-  remat: recompute each block's activations in the backward pass (`nn.remat`).
+  remat: recompute block activations in the backward pass (`nn.remat`): none, full or a policy (`remat_policy`).
   shared: one set of parameters applied num_layers times (ALBERT's cross-layer sharing).
   """
   cls = block.func
   n_static = 2  # deterministic, decode
-  if remat:
+  recompute, policy = remat_policy(remat)
+  if recompute:
     first_static = 1 + 1 + len(args) - n_static  # self counts as argument 0, then x
-    cls = nn.remat(cls, prevent_cse=not scan, static_argnums=tuple(range(first_static, first_static + 2)))
+    cls = nn.remat(cls, prevent_cse=not scan, policy=policy,
+                   static_argnums=tuple(range(first_static, first_static + 2)))
   if shared:
     layer = cls(**block.keywords, name=name)
     for _ in range(num_layers):

@@ -57,7 +57,8 @@ class Bert(nn.Module):
   pad_id: int = 0
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
-  remat: bool = False
+  remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
+  attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
   head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), or a task: classification, span (QA), tagging
   num_labels: int = 2  # classes of the classification / tagging head
@@ -90,8 +91,8 @@ class Bert(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=False,
-        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters)
-    mask = attention.segment_mask(segment_ids)
+        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters, attention=self.attention)
+    mask = attention.Mask(segment_ids, segment_ids)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, False,
                                  scan=self.scan_layers, remat=self.remat, shared=self.share_layers)
 

@@ -70,7 +70,8 @@ class _Stack(nn.Module):
   dropout_rate: float
   dtype: common.Dtype
   scan_layers: bool
-  remat: bool
+  remat: bool | str
+  attention: str
   adapters: adapters_lib.Adapters | None
 
   @nn.compact
@@ -86,7 +87,7 @@ class _Stack(nn.Module):
       k_positions = positions
       if segment_ids is None:
         segment_ids = (tokens != 0).astype(jnp.int32) if not self.causal else jnp.ones_like(tokens)
-      mask = attention.make_mask(segment_ids, causal=self.causal)
+      mask = attention.Mask(segment_ids, segment_ids, causal=self.causal)
     x = self.token_embed(tokens)
     bias = None
     if self.position == 'learned':
@@ -105,14 +106,14 @@ class _Stack(nn.Module):
     cross_mask = None
     if self.causal:
       if packed:  # each target segment sees its own source segment (padding: segment 0 sees nothing)
-        cross_mask = attention.segment_mask(segment_ids, encoder_segment_ids)
+        cross_mask = attention.Mask(segment_ids, encoder_segment_ids)
       else:
-        cross_mask = attention.padding_mask(jnp.ones((b, t), bool), encoder_segment_ids > 0)
+        cross_mask = attention.Mask(None, encoder_segment_ids)
     block = functools.partial(
         transformer.TransformerBlock, num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=self.pre_ln,
         use_bias=self.use_bias, cross_attention=self.causal, dropout_rate=self.dropout_rate,
-        attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters)
+        attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters, attention=self.attention)
     x = transformer.stack_layers(block, self.num_layers, x, mask, bias, None, encoded, cross_mask,
                                  deterministic, decode, scan=self.scan_layers, remat=self.remat)
     if self.pre_ln:
@@ -147,7 +148,8 @@ class EncoderDecoder(nn.Module):
   dropout_rate: float = 0.1
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
-  remat: bool = False
+  remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
+  attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   def setup(self):
@@ -159,7 +161,7 @@ class EncoderDecoder(nn.Module):
         max_len=self.max_len, relative_buckets=self.relative_buckets,
         relative_max_distance=self.relative_max_distance, attention_scale=self.attention_scale,
         embedding_norm=self.embedding_norm, dropout_rate=self.dropout_rate, dtype=self.dtype,
-        scan_layers=self.scan_layers, remat=self.remat, adapters=self.adapters)
+        scan_layers=self.scan_layers, remat=self.remat, adapters=self.adapters, attention=self.attention)
     self.encoder = stack(causal=False, num_layers=self.num_encoder_layers)
     self.decoder = stack(causal=True, num_layers=self.num_decoder_layers)
     if not self.tie_embeddings:

@@ -55,7 +55,8 @@ class Glm(nn.Module):
   dropout_rate: float = 0.1
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
-  remat: bool = False
+  remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
+  attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
@@ -66,11 +67,10 @@ class Glm(nn.Module):
       context_length = jnp.zeros((b,), jnp.int32)  # all of it causal: a plain LM
     if decode:
       q_idx, k_idx = attention.decode_positions(self, t)
-    else:
-      q_idx = k_idx = jnp.arange(t)
-    mask = glm_mask(context_length, q_idx, k_idx)
-    if segment_ids is not None and not decode:  # packed rows: each document sees only itself
-      mask = mask & attention.segment_mask(segment_ids)
+      mask = glm_mask(context_length, q_idx, k_idx)
+    else:  # packed rows (segment_ids): each document sees only itself
+      q_idx = jnp.arange(t)
+      mask = attention.Mask(segment_ids, segment_ids, prefix=context_length, causal=True)
     positions = jnp.broadcast_to(q_idx, (b, t)) if positions is None else positions
     block_positions = jnp.zeros_like(tokens) if block_positions is None else block_positions
 
@@ -85,7 +85,7 @@ class Glm(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=True,
-        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters)
+        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters, attention=self.attention)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, decode,
                                  scan=self.scan_layers, remat=self.remat)
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)

@@ -48,7 +48,8 @@ class Gpt(nn.Module):
   tie_embeddings: bool = True
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
-  remat: bool = False
+  remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
+  attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
 
   @nn.compact
@@ -61,8 +62,7 @@ class Gpt(nn.Module):
       positions = jnp.broadcast_to(q_pos, (b, t)) if positions is None else positions
     else:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
-      mask = (attention.causal_mask(t) if segment_ids is None
-              else attention.make_mask(segment_ids, causal=True))
+      mask = attention.Mask(segment_ids, segment_ids, causal=True)
     token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name='token_embed')
     x = token_embed(tokens)
     if self.position == 'learned':
@@ -75,7 +75,8 @@ class Gpt(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=True,
-        dropout_rate=self.dropout_rate, rotary=self.position == 'rotary', dtype=self.dtype, adapters=self.adapters)
+        dropout_rate=self.dropout_rate, rotary=self.position == 'rotary', dtype=self.dtype, adapters=self.adapters,
+        attention=self.attention)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, positions, None, None, deterministic,
                                  decode, scan=self.scan_layers, remat=self.remat)
     x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)

@@ -138,8 +138,12 @@ def make_objective(config, tok: tk.Tokenizer) -> objectives.Objective:
                          num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **fields)
 
 
-def build(config, workdir: str) -> Run:
-  """Tokenizer, model, objective, optimizer, mesh and the state's shape and shardings: no compilation."""
+def build(config, workdir: str, devices=None) -> Run:
+  """Tokenizer, model, objective, optimizer, mesh and the state's shape and shardings: no compilation.
+
+  devices: the mesh's devices (default: those present, or the first mesh.devices of them); zoo.aot passes a TPU
+  topology's to compile for chips that are not attached.
+  """
   config = finetune.prepare_config(config)
   config_lib.check(config, jax.process_count())
   tok = load_tokenizer(config, workdir)
@@ -176,7 +180,7 @@ def build(config, workdir: str) -> Run:
     frozen = finetune.frozen_mask(shapes, adapters)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps, frozen)
 
-  placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config)
+  placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config, devices)
   boxed = jax.eval_shape(state_lib.init_fn(model, objective, tx, example), jax.random.key(0))  # shapes only
   abstract = nn.unbox(boxed)
   shardings = placement.state_shardings(boxed, abstract, tx, tuple(config.mesh.rules))

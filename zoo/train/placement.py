@@ -87,8 +87,8 @@ class Jit(Placement):
   """Global arrays sharded over a mesh; the step is one `jax.jit` with shardings that donates its state."""
   name = 'jit'
 
-  def __init__(self, config):
-    self.devices = devices_of(config)
+  def __init__(self, config, devices=None):
+    self.devices = devices_of(config) if devices is None else list(devices)
     self.rules = tuple(config.mesh.rules)
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=self.devices)
     config_lib.check_batch(config, self.mesh.shape['data'] * self.mesh.shape['fsdp'],

@@ -22,9 +22,9 @@ class TrainState:
   opt_state: Any
 
 
-def dummy_example(objective, seq_len: int) -> dict:
-  """A well-formed one-row example: what initialization and shape inference trace with."""
-  return objective.example(objective.dummy_batch(1, seq_len), np.random.default_rng(0))
+def dummy_example(objective, seq_len: int, rows: int = 1) -> dict:
+  """A well-formed example of `rows` rows: what initialization and shape inference trace with."""
+  return objective.example(objective.dummy_batch(rows, seq_len), np.random.default_rng(0))
 
 
 def init_fn(model, objective, tx, example):
