@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from zoo.layers import losses
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -112,6 +114,31 @@ def embed(num_embeddings: int, features: int, axes: Sequence[str | None] = ('voc
   cls = nn.Embed if axes[0] == 'vocab' else OneHotEmbed
   return cls(num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
              embedding_init=nn.with_logical_partitioning(init, tuple(axes)), name=name)
+
+
+class OutputHead(nn.Module):
+  """A language model's untied output projection: the parameters of `dense(features, axes)` (kernel, bias),
+  returning float32 logits, or with logits=False the `zoo.layers.losses.Features` a chunked loss takes."""
+  features: int
+  axes: tuple = ('embed', 'vocab')
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, logits: bool = True):
+    kernel = self.param('kernel', nn.with_logical_partitioning(default_kernel_init, tuple(self.axes)),
+                        (x.shape[-1], self.features), jnp.float32)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axes[-1],)),
+                        (self.features,), jnp.float32)
+    return losses.output(x, nn.unbox(kernel), None if bias is None else nn.unbox(bias), dtype=self.dtype,
+                         logits=logits)
+
+
+def tied_output(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32, logits: bool = True):
+  """Tied output logits x @ table^T in float32, or with logits=False the `Features` a chunked loss takes."""
+  return losses.output(x, table.embedding, transposed=True, dtype=dtype, logits=logits)
 
 
 def attend(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:

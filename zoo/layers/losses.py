@@ -9,7 +9,8 @@ log-likelihood and one correct/incorrect per token, and drops them. The chunk fu
 temporary memory is O(chunk_size * V) rather than O(N * V). The gradient is JAX autodiff.
 
 The dtype policy is zoo's (zoo.layers.common): the matmul operands are cast to `dtype` (float32, or bfloat16)
-and accumulate in float32; logits, log-probabilities and losses are float32.
+and accumulate in float32; logits, log-probabilities and losses are float32. The kernel is cast inside each
+chunk, so its gradient adds up over the chunks in the kernel's own dtype (float32 parameters), not in `dtype`.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax import lax
 
 Dtype = Any
+CHUNK_TOKENS = 8192  # tokens of the global batch per chunk: 8192 x 50,304 float32 logits are 1.5 GiB over all devices
 
 
 def logits_from(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, transposed: bool = False,
@@ -47,7 +50,7 @@ def _label_logit(logits, labels):
 
   The derivative take_along_axis gets from autodiff scatters into a second [C, V] buffer; as a masked sum
   (a select) it fuses into the softmax's gradient, so the backward pass holds one chunk of logits, not two
-  (XLA:CPU: 136 vs 256 MiB for 1024 x 32768 chunks). Computing the masked sum in the forward pass too would
+  (XLA:CPU, no bias: 136 vs 256 MiB for 1024 x 32768 chunks). Computing the masked sum in the forward pass too would
   cost a second buffer there (XLA:CPU does not fuse the select into the reduction).
   """
   return jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
@@ -77,8 +80,9 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, labels: jax.Arra
   bias [V] or None; labels [...] int; weights [...] (0 or 1). Returns (loss_sum, correct_sum), float32
   scalars: what `zoo.objectives.base.cross_entropy` returns for logits = hidden @ kernel (+ bias) computed in
   float32 (from `dtype` operands), without ever holding more than `chunk_size` tokens' logits, forward or
-  backward. The N tokens are padded up to a multiple of `chunk_size` (the padding has weight 0); with
-  N <= chunk_size they are done in one piece.
+  backward. Chunks run along the sequence axis (hidden [B, T, D]: each chunk holds every row and about
+  chunk_size / B positions, so a data-parallel batch stays sharded); the positions are padded up to a multiple
+  of the chunk (the padded terms are dropped before weighting). When one chunk holds them all there is no scan.
 
   >>> h = jnp.ones((2, 3, 4)); kernel = jnp.zeros((4, 5))
   >>> labels = jnp.zeros((2, 3), jnp.int32); weights = jnp.array([[1., 1., 1.], [1., 1., 0.]])
@@ -89,22 +93,54 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, labels: jax.Arra
   if chunk_size < 1:
     raise ValueError(f'chunk_size must be positive, got {chunk_size}')
   d = hidden.shape[-1]
-  h = hidden.reshape(-1, d)
-  n = h.shape[0]
-  labels = labels.reshape(n).astype(jnp.int32)
-  weights = weights.reshape(n).astype(jnp.float32)
-  terms = lambda h, kernel, bias, labels: _token_terms(  # noqa: E731
-      h, kernel, bias, labels, transposed=transposed, dtype=dtype)
-  if n <= chunk_size:
+  # Rows [B, T]: chunks run along T with every row in each, so a batch sharded over devices stays sharded.
+  h = hidden.reshape(-1, hidden.shape[-2], d) if hidden.ndim > 2 else hidden.reshape(1, -1, d)
+  rows, length = h.shape[:2]
+  labels = labels.reshape(rows, length).astype(jnp.int32)
+  weights = weights.reshape(rows, length).astype(jnp.float32)
+
+  def terms(h, kernel, bias, labels):  # [R, C, D] -> per token [R, C]
+    r, c = labels.shape
+    nll, correct = _token_terms(h.reshape(r * c, d), kernel, bias, labels.reshape(r * c), transposed=transposed,
+                                dtype=dtype)
+    return nll.reshape(r, c), correct.reshape(r, c)
+  step = max(1, chunk_size // rows)  # positions per chunk
+  if length <= step:
     nll, correct = terms(h, kernel, bias, labels)
   else:
-    chunks = -(-n // chunk_size)
-    pad = chunks * chunk_size - n
-    h = jnp.pad(h, ((0, pad), (0, 0))).reshape(chunks, chunk_size, d)
-    padded_labels = jnp.pad(labels, (0, pad)).reshape(chunks, chunk_size)
+    chunks = -(-length // step)
+    pad = chunks * step - length
+    split = lambda x: jnp.moveaxis(  # noqa: E731  [R, T, ...] -> [chunks, R, step, ...]
+        jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)).reshape(rows, chunks, step, *x.shape[2:]), 1, 0)
     # Saves only each chunk's inputs; the backward pass recomputes that chunk's logits.
     chunk_terms = jax.checkpoint(terms)
     _, (nll, correct) = lax.scan(lambda carry, xs: (carry, chunk_terms(xs[0], kernel, bias, xs[1])),
-                                 None, (h, padded_labels))
-    nll, correct = nll.reshape(-1)[:n], correct.reshape(-1)[:n]  # per token: the padding drops out here
+                                 None, (split(h), split(labels)))
+    join = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, chunks * step)[:, :length]  # noqa: E731
+    nll, correct = join(nll), join(correct)  # per token: the padding drops out here
   return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+
+@struct.dataclass
+class Features:
+  """What a language model returns with `logits=False`: the final hidden states and the output projection,
+  so the loss can be computed chunk by chunk (`cross_entropy` in zoo.objectives takes it in place of logits)."""
+  hidden: jax.Array  # [B, T, D]
+  kernel: jax.Array  # [D, V], or [V, D] when transposed (a tied embedding table)
+  bias: jax.Array | None = None
+  transposed: bool = struct.field(pytree_node=False, default=False)
+  dtype: Dtype = struct.field(pytree_node=False, default=jnp.float32)
+
+  def logits(self) -> jax.Array:
+    return logits_from(self.hidden, self.kernel, self.bias, self.transposed, self.dtype)
+
+  def cross_entropy(self, labels, weights, chunk_size: int = CHUNK_TOKENS):
+    return chunked_cross_entropy(self.hidden, self.kernel, labels, weights, bias=self.bias,
+                                 transposed=self.transposed, chunk_size=chunk_size, dtype=self.dtype)
+
+
+def output(hidden, kernel, bias=None, *, transposed: bool = False, dtype: Dtype = jnp.float32, logits: bool = True):
+  """A language model's last step: float32 logits, or (logits=False) the `Features` a chunked loss takes."""
+  if logits:
+    return logits_from(hidden, kernel, bias, transposed, dtype)
+  return Features(hidden, kernel, bias, transposed, dtype)

@@ -165,30 +165,30 @@ class EncoderDecoder(nn.Module):
     self.encoder = stack(causal=False, num_layers=self.num_encoder_layers)
     self.decoder = stack(causal=True, num_layers=self.num_decoder_layers)
     if not self.tie_embeddings:
-      self.lm_head = common.dense(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype)
+      self.lm_head = common.OutputHead(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype)
 
   def encode(self, tokens, segment_ids=None, positions=None, deterministic: bool = True):
     """tokens [B, S] -> encoded [B, S, D]."""
     return self.encoder(tokens, segment_ids, positions, None, None, deterministic, False)
 
   def decode(self, decoder_tokens, encoded, encoder_segment_ids, decoder_segment_ids=None,
-             decoder_positions=None, deterministic: bool = True, decode: bool = False):
+             decoder_positions=None, deterministic: bool = True, decode: bool = False, logits: bool = True):
     """decoder_tokens [B, T], encoded [B, S, D], encoder_segment_ids [B, S] -> logits [B, T, V] float32."""
     x = self.decoder(decoder_tokens, decoder_segment_ids, decoder_positions, encoded, encoder_segment_ids,
                      deterministic, decode)
     if not self.tie_embeddings:
-      return self.lm_head(x).astype(jnp.float32)
+      return self.lm_head(x, logits)
     if self.scale_tied_logits:
       x = x * self.embed_dim ** -0.5
-    return common.attend(self.token_embed, x, self.dtype)
+    return common.tied_output(self.token_embed, x, self.dtype, logits)
 
   def __call__(self, tokens, decoder_tokens, segment_ids=None, decoder_segment_ids=None, positions=None,
-               decoder_positions=None, deterministic: bool = True, decode: bool = False):
+               decoder_positions=None, deterministic: bool = True, decode: bool = False, logits: bool = True):
     if segment_ids is None:
       segment_ids = (tokens != 0).astype(jnp.int32)
     encoded = self.encode(tokens, segment_ids, positions, deterministic)
     return self.decode(decoder_tokens, encoded, segment_ids, decoder_segment_ids, decoder_positions,
-                       deterministic, decode)
+                       deterministic, decode, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32),

@@ -61,7 +61,7 @@ class Glm(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions=None, block_positions=None, context_length=None, segment_ids=None,
-               deterministic: bool = True, decode: bool = False):
+               deterministic: bool = True, decode: bool = False, logits: bool = True):
     b, t = tokens.shape
     if context_length is None:
       context_length = jnp.zeros((b,), jnp.int32)  # all of it causal: a plain LM
@@ -89,7 +89,7 @@ class Glm(nn.Module):
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, decode,
                                  scan=self.scan_layers, remat=self.remat)
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
-    return common.attend(token_embed, x, self.dtype)
+    return common.tied_output(token_embed, x, self.dtype, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32),

@@ -33,7 +33,8 @@ PUBLISHED_PARAMS = {'small': 124_439_808, 'medium': 354_823_168, 'large': 774_03
 
 class Gpt(nn.Module):
   """Causal decoder. Call: (tokens [B, T], segment_ids [B, T] (packed documents; None = one sequence),
-  positions [B, T], deterministic, decode) -> logits [B, T, V] float32."""
+  positions [B, T], deterministic, decode, logits) -> logits [B, T, V] float32 (logits=False: the
+  `zoo.layers.losses.Features` a chunked loss takes)."""
   vocab_size: int = 50257
   max_len: int = 1024
   num_layers: int = 12
@@ -54,7 +55,7 @@ class Gpt(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True,
-               decode: bool = False):
+               decode: bool = False, logits: bool = True):
     b, t = tokens.shape
     mask = None  # decode: causal over the cache slots
     if decode:
@@ -81,9 +82,9 @@ class Gpt(nn.Module):
                                  decode, scan=self.scan_layers, remat=self.remat)
     x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
     if self.tie_embeddings:
-      return common.attend(token_embed, x, self.dtype)
-    return common.dense(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype,
-                        name='lm_head')(x).astype(jnp.float32)
+      return common.tied_output(token_embed, x, self.dtype, logits)
+    return common.OutputHead(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype,
+                             name='lm_head')(x, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32))

@@ -48,7 +48,7 @@ class RnnLm(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True,
-               decode: bool = False):
+               decode: bool = False, logits: bool = True):
     """segment_ids and positions are accepted for a common interface and not used: an RNN LM reads a packed
     row as one stream of text, its state flowing across document boundaries (as PTB LMs were trained)."""
     del segment_ids, positions
@@ -61,9 +61,8 @@ class RnnLm(nn.Module):
       if self.embed_dim != self.hidden_dim:
         raise ValueError(f'model.tie_embeddings needs model.embed_dim ({self.embed_dim}) == '
                          f'model.hidden_dim ({self.hidden_dim})')
-      return common.attend(token_embed, x, self.dtype)
-    return common.dense(self.vocab_size, ('rnn', 'vocab'), dtype=self.dtype, name='lm_head')(x).astype(
-        jnp.float32)
+      return common.tied_output(token_embed, x, self.dtype, logits)
+    return common.OutputHead(self.vocab_size, ('rnn', 'vocab'), dtype=self.dtype, name='lm_head')(x, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32))
@@ -106,7 +105,7 @@ class RnnSeq2Seq(nn.Module):
     else:
       raise ValueError(f"model.attention must be 'dot' or 'additive', got {self.attention!r}")
     self.combine = common.dense(h, ('rnn_combined', 'rnn'), dtype=self.dtype)
-    self.lm_head = common.dense(self.vocab_size, ('rnn', 'vocab'), dtype=self.dtype)
+    self.lm_head = common.OutputHead(self.vocab_size, ('rnn', 'vocab'), dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def encode(self, tokens, deterministic: bool = True):
@@ -116,7 +115,8 @@ class RnnSeq2Seq(nn.Module):
     states, _ = self.encoder(x, seq_lengths=lengths, deterministic=deterministic)
     return self.memory(states)
 
-  def decode(self, decoder_tokens, memory, source_valid, deterministic: bool = True, decode: bool = False):
+  def decode(self, decoder_tokens, memory, source_valid, deterministic: bool = True, decode: bool = False,
+             logits: bool = True):
     """decoder_tokens [B, T], memory [B, S, H], source_valid [B, S] bool -> logits [B, T, V] float32."""
     x = self.dropout(self.token_embed(decoder_tokens), deterministic=deterministic)
     h, _ = self.decoder(x, deterministic=deterministic, decode=decode)  # [B, T, H]
@@ -130,11 +130,12 @@ class RnnSeq2Seq(nn.Module):
     context = common.einsum('bts,bsh->bth', weights, memory, dtype=self.dtype).astype(self.dtype)
     out = jnp.tanh(self.combine(jnp.concatenate([h, context], axis=-1)))
     out = self.dropout(out, deterministic=deterministic)
-    return self.lm_head(out).astype(jnp.float32)
+    return self.lm_head(out, logits)
 
-  def __call__(self, tokens, decoder_tokens, deterministic: bool = True, decode: bool = False):
+  def __call__(self, tokens, decoder_tokens, deterministic: bool = True, decode: bool = False,
+               logits: bool = True):
     memory = self.encode(tokens, deterministic)
-    return self.decode(decoder_tokens, memory, tokens != 0, deterministic, decode)
+    return self.decode(decoder_tokens, memory, tokens != 0, deterministic, decode, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32),

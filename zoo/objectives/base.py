@@ -16,14 +16,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.layers import losses
+
 Batch = dict[str, np.ndarray]
 
 
 def cross_entropy(logits, labels, weights):
   """Summed token cross-entropy and number of correct argmax predictions, both weighted.
 
-  logits [..., V] (float32), labels [...] int, weights [...] (0 or 1). Returns (loss_sum, correct_sum).
+  logits [..., V] (float32), or a model's `zoo.layers.losses.Features` (hidden states and output projection:
+  the loss is then computed chunk by chunk, never holding [B, T, V] float32); labels [...] int, weights [...]
+  (0 or 1). Returns (loss_sum, correct_sum).
   """
+  if isinstance(logits, losses.Features):
+    return logits.cross_entropy(labels, weights)
   logits = logits.astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -43,6 +49,7 @@ class Objective:
   needs_sentences = False  # the batch must carry sentence_ids (the pipeline's sentences=True)
   kinds = ()  # the kinds of model family this trains (zoo.models.KINDS; empty: any)
   recurrent = True  # whether it trains the recurrent families of those kinds
+  lean_loss = False  # the model returns Features (logits=False) and `terms` takes them: a chunked loss
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     raise NotImplementedError
@@ -79,6 +86,7 @@ class Objective:
 class TargetObjective(Objective):
   """An objective scored by token cross-entropy on example['targets'] where example['weights'] is 1."""
   perplexity = True
+  lean_loss = True
 
   def terms(self, outputs, example):
     return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}

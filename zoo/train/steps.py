@@ -12,12 +12,18 @@ from zoo import optim
 from zoo.train.state import TrainState
 
 
+def model_inputs(objective, example) -> dict:
+  """The model's keyword arguments for a step: the objective's inputs, and logits=False when its loss is chunked."""
+  inputs = objective.inputs(example)
+  return {**inputs, 'logits': False} if objective.lean_loss else inputs
+
+
 def _losses(run, params, example, rng, totals, deterministic: bool):
   """(loss for the gradient, per-term sums) for one (micro-)batch; totals: global prediction counts."""
   obj = run.objective
   if run.frozen is not None:  # no gradient flows into frozen parameters (their weight gradients are not computed)
     params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, run.frozen)
-  outputs = run.model.apply({'params': params}, **obj.inputs(example), deterministic=deterministic,
+  outputs = run.model.apply({'params': params}, **model_inputs(obj, example), deterministic=deterministic,
                             rngs={'dropout': rng})
   terms = obj.terms(outputs, example)
   loss = sum(s / jnp.maximum(totals[k], 1.0) for k, (s, _) in terms.items())
@@ -82,7 +88,7 @@ def eval_step_fn(run):
 
   def step(params, example):
     counts = run.objective.counts(example)
-    outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+    outputs = run.model.apply({'params': params}, **model_inputs(run.objective, example), deterministic=True)
     out = {'counts': counts, 'terms': run.objective.terms(outputs, example)}
     out = jax.lax.psum(out, axis) if axis else out
     out['predictions'] = run.objective.predict(outputs, example)
