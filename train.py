@@ -5,8 +5,15 @@
 
 Rerunning a command with the same workdir resumes from its newest checkpoint. --mode=eval restores it onto
 the devices present (another mesh shape, or one CPU) and writes workdir/eval.json.
+
+Will it fit? --aot=TOPOLOGY compiles the real training step for a TPU topology on this (CPU) host, no TPU attached
+(libtpu: pip install -e '.[tpu]'), prints the plan and writes workdir/aot.json; the exit status is 3 when the
+step does not fit in a chip's memory:
+
+  python train.py --config=configs/gpt.py:medium --workdir=DIR --aot=v5e:2x4 --config.mesh.fsdp=8
 """
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -16,6 +23,8 @@ from zoo.train import train_and_evaluate
 config_flags.DEFINE_config_file('config', None, 'a recipe: configs/<name>.py[:<size>]', lock_config=True)
 flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, the tokenizer and eval.json')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (then evaluate) or evaluate the newest checkpoint')
+flags.DEFINE_string('aot', None, 'compile for a TPU topology ahead of time (v5e:2x4, v4:2x2x2, v5p:4x4x4) and '
+                    'report memory and predicted step time instead of training')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -23,6 +32,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger('zoo').setLevel(logging.INFO)
+  if flags.FLAGS.aot:
+    from zoo import aot
+    try:
+      plan = aot.plan(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.aot)
+    except (ValueError, RuntimeError) as e:
+      sys.exit(f'error: {e}')
+    print(aot.report(plan))
+    sys.exit(0 if plan['fits'] else aot.EXIT_DOES_NOT_FIT)
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
 
 

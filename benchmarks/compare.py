@@ -113,8 +113,6 @@ def zoo_config(spec: dict, args):
 def zoo_worker(spec: dict, args) -> dict:
   sys.path.insert(0, ROOT)
   sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  import types
-
   import jax
   import train_step
 
@@ -126,12 +124,10 @@ def zoo_worker(spec: dict, args) -> dict:
   total_s = time.perf_counter() - t0
   dev = jax.devices()[0]
   stats = dev.memory_stats() if hasattr(dev, 'memory_stats') else None
-  shape = types.SimpleNamespace(**{k: spec[k] for k in ('num_layers', 'embed_dim', 'num_heads')})
   return dict(out, impl='zoo', device=dev.device_kind, platform=dev.platform, jax=jax.__version__,
               warmup_steps=1, total_s=round(total_s, 1),
               peak_mem_mib=round(stats['peak_bytes_in_use'] / 2**20, 1) if stats and 'peak_bytes_in_use' in stats
               else None, peak_rss_mib=peak_rss_mib(),
-              flops_per_token=metrics.flops_per_token(shape, out['params'], spec['seq']),
               peak_flops=metrics.peak_flops(config, jax.devices()))
 
 
@@ -210,7 +206,6 @@ def torch_worker(spec: dict, args) -> dict:
     loss = fn()
   sync()
   dt = (time.perf_counter() - t0) / args.steps
-  fpt = 6.0 * n_params + 12 * spec['num_layers'] * t * spec['embed_dim']  # zoo.train.metrics.flops_per_token
   return dict(impl='torch-' + ('compile' if compile_ else 'eager'), torch_compile=compile_,
               autocast='bfloat16' if bf16 else None, attention='sdpa', optimizer='adamw-fused' if cuda else 'adamw',
               mlm_head=args.torch_mlm_head if spec['recipe'] == 'bert' else None,
@@ -219,7 +214,7 @@ def torch_worker(spec: dict, args) -> dict:
               tokens_per_s=round(b * t / dt), params=n_params, warmup_steps=max(1, args.warmup),
               warmup_s=round(warm, 1), loss=round(float(loss.detach()), 3),
               peak_mem_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-              peak_rss_mib=peak_rss_mib(), flops_per_token=fpt)
+              peak_rss_mib=peak_rss_mib())
 
 
 # ----------------------------------------------------------------------------------------------- pipeline worker
@@ -324,8 +319,8 @@ def main():
     res = {kind: run_worker(kind, model, args) for kind in frameworks}
     zoo, torch_, pipe = res.get('zoo', {}), res.get('torch', {}), res.get('pipeline', {})
     peak = zoo.get('peak_flops')
-    if 'tokens_per_s' in torch_:  # the same MFU formula and peak as zoo's
-      torch_['mfu'] = round(torch_['tokens_per_s'] * torch_['flops_per_token'] / peak, 4) if peak else None
+    if 'tokens_per_s' in torch_ and 'flops_per_token' in zoo:  # the same work: zoo's FLOPs count and peak
+      torch_['mfu'] = round(torch_['tokens_per_s'] * zoo['flops_per_token'] / peak, 4) if peak else None
     for kind, framework in (('zoo', 'zoo'), ('torch', 'pytorch')):
       if kind in res:
         print(json.dumps({**shape, 'framework': framework, **res[kind]}), flush=True)

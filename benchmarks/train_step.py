@@ -67,7 +67,7 @@ def measure(config, workdir: str, steps: int) -> dict:
   tokens = config.train.batch_size * config.train.seq_len
   out.update(step_ms=round(1000 * dt, 2), tokens_per_s=round(tokens / dt),
              mfu=round(tokens / dt * run.flops_per_token / run.peak_flops, 4) if run.peak_flops else None,
-             params=run.n_params)
+             params=run.n_params, flops_per_token=run.flops_per_token)
   return out
 
 

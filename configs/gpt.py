@@ -22,5 +22,8 @@ def get_config(size: str = 'tiny'):
   c.optimizer.learning_rate = 3e-3 if c.model.size == 'tiny' else 6e-4
   c.optimizer.warmup_steps = 30 if c.model.size == 'tiny' else 2000
   c.optimizer.weight_decay = 0.1
+  # Beyond tiny, no dropout (as llm.c and nanoGPT reproduce GPT-2 on a large corpus): attention then runs in a
+  # fused kernel (cudnn, splash), which does not drop attention weights.
+  c.model.dropout_rate = 0.1 if c.model.size == 'tiny' else 0.0
   c.optimizer.b2 = 0.95
   return c

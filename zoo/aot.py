@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -74,6 +75,16 @@ def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _sig(x: float) -> float:
+  return float(f'{x:.4g}')
+
+
+def _per_chip_bytes(x) -> int:
+  """Bytes of one chip's shard of a ShapeDtypeStruct with a sharding."""
+  shape = x.sharding.shard_shape(x.shape)
+  return int(math.prod(shape)) * x.dtype.itemsize
+
+
 def plan(config, workdir: str, topology: str) -> dict:
   """Compile `config`'s training step for `topology` and return (and write to workdir/aot.json) the plan."""
   from zoo.train import steps
@@ -94,12 +105,20 @@ def plan(config, workdir: str, topology: str) -> dict:
   step = steps.make_train_step(run)
   t0 = time.perf_counter()
   with run.placement.context():
-    compiled = step.jitted.lower(state, example, rng).compile()
+    lowered = step.jitted.lower(state, example, rng)
+    try:
+      mem = lowered.compile().memory_analysis()
+      arguments = mem.argument_size_in_bytes / GIB
+      outputs = (mem.output_size_in_bytes - mem.alias_size_in_bytes) / GIB  # the donated state is updated in place
+      temporaries = mem.temp_size_in_bytes / GIB
+    except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program whose temporaries exceed the chip
+      found = re.search(r'HLO temporaries \(([\d.]+)([KMGT])\)', str(e))
+      if 'RESOURCE_EXHAUSTED' not in str(e) or not found:
+        raise
+      temporaries = float(found.group(1)) * 1024 ** 'KMGT'.index(found.group(2)) / 1024 ** 3
+      arguments = sum(_per_chip_bytes(x) for x in jax.tree.leaves((state, example))) / GIB
+      outputs = 0.0
   compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  arguments = mem.argument_size_in_bytes / GIB
-  outputs = (mem.output_size_in_bytes - mem.alias_size_in_bytes) / GIB  # donated state is written in place
-  temporaries = mem.temp_size_in_bytes / GIB
   peak = arguments + outputs + temporaries
   chips = len(devices)
   tokens = config.train.batch_size * config.train.seq_len
@@ -110,11 +129,11 @@ def plan(config, workdir: str, topology: str) -> dict:
       'mesh': {k: int(v) for k, v in mesh.shape.items()},
       'recipe': f'{config.model.family}:{config.model.size}', 'batch': config.train.batch_size,
       'seq_len': config.train.seq_len, 'dtype': config.model.dtype, 'params': run.n_params,
-      'peak_gib_per_chip': round(peak, 3),
-      'arguments_gib': round(arguments, 3), 'temporaries_gib': round(temporaries, 3), 'outputs_gib': round(outputs, 3),
+      'peak_gib_per_chip': _sig(peak),
+      'arguments_gib': _sig(arguments), 'temporaries_gib': _sig(temporaries), 'outputs_gib': _sig(outputs),
       'fits': bool(peak <= chip.hbm_gib),
       'model_flops_per_step': flops,
-      'step_s_at_100_mfu': round(at(1.0), 4), 'step_s_at_50_mfu': round(at(0.5), 4),
+      'step_s_at_100_mfu': _sig(at(1.0)), 'step_s_at_50_mfu': _sig(at(0.5)),
       'tokens_per_s_at_100_mfu': round(tokens / at(1.0)), 'tokens_per_s_at_50_mfu': round(tokens / at(0.5)),
       'compile_s': round(compile_s, 2),
   }
@@ -150,8 +169,8 @@ def report(plan_: dict) -> str:
                         f"temporaries {plan_['temporaries_gib']:.2f}, outputs {plan_['outputs_gib']:.2f})"),
       ('fits', 'yes' if plan_['fits'] else 'NO'),
       ('model FLOPs per step', f"{plan_['model_flops_per_step']:.3g}"),
-      ('step time', f"{plan_['step_s_at_100_mfu'] * 1e3:.1f} ms at 100% MFU, "
-                    f"{plan_['step_s_at_50_mfu'] * 1e3:.1f} ms at 50%"),
+      ('step time', f"{plan_['step_s_at_100_mfu'] * 1e3:.3g} ms at 100% MFU, "
+                    f"{plan_['step_s_at_50_mfu'] * 1e3:.3g} ms at 50%"),
       ('tokens/s', f"{plan_['tokens_per_s_at_100_mfu']:,} at 100% MFU, {plan_['tokens_per_s_at_50_mfu']:,} at 50%"),
       ('compile', f"{plan_['compile_s']:.1f} s"),
   ]

@@ -138,6 +138,12 @@ def make_objective(config, tok: tk.Tokenizer) -> objectives.Objective:
                          num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **fields)
 
 
+def _fused(config, devices) -> bool:
+  """Whether attention runs in a fused kernel (for the FLOPs count: they skip a causal mask's masked blocks)."""
+  m = config.model
+  return devices[0].platform in ('tpu', 'gpu') and m.get('attention', 'auto') != 'xla' and m.dropout_rate == 0
+
+
 def build(config, workdir: str, devices=None) -> Run:
   """Tokenizer, model, objective, optimizer, mesh and the state's shape and shardings: no compilation.
 
@@ -187,5 +193,6 @@ def build(config, workdir: str, devices=None) -> Run:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   return Run(config=config, workdir=workdir, tokenizer=tok, model=model, objective=objective, inputs=inputs, tx=tx,
              schedule=schedule, placement=placement, abstract_state=abstract, state_shardings=shardings,
-             n_params=n_params, flops_per_token=metrics_lib.flops_per_token(model, n_params, config.train.seq_len),
+             n_params=n_params, flops_per_token=metrics_lib.flops_per_token(
+                 model, abstract.params, config.train.seq_len, objective, _fused(config, placement.devices)),
              peak_flops=metrics_lib.peak_flops(config, placement.devices), frozen=frozen)

@@ -2,38 +2,100 @@
 is computed from."""
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 
 import jax
 
-# Dense bf16 peak FLOP/s per device, by jax device_kind (prefix match). CPUs: per process, measured on a
-# 2-core x86 development machine (JAX_NOTES): float32 260 GFLOP/s, bfloat16 with AMX 1.1 TFLOP/s.
+# Dense bf16 peak FLOP/s per device, by jax device_kind (prefix match).
 PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
               'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12,
               'NVIDIA A100': 312e12, 'NVIDIA L4': 121e12}
-CPU_PEAK = {'float32': 260e9, 'bfloat16': 1.1e12, 'float16': 260e9}
 
 
 def peak_flops(config, devices) -> float:
-  """The run's peak FLOP/s over its devices: log.peak_flops per device if set, else by device kind (0: unknown)."""
+  """The run's peak FLOP/s over its devices: log.peak_flops per device if set, else by device kind; on a CPU the
+  measured rate of a large matmul in the model's dtype (`cpu_peak`; simulated devices share the cores). 0: unknown.
+  """
   if config.log.peak_flops > 0:
     return config.log.peak_flops * len(devices)
   kind = devices[0].device_kind
   if devices[0].platform == 'cpu':
-    return CPU_PEAK[config.model.dtype] * jax.process_count()  # simulated CPU devices share the cores
+    return cpu_peak(config.model.dtype) * jax.process_count()
   for prefix, flops in PEAK_FLOPS.items():
     if kind.startswith(prefix):
       return flops * len(devices)
   return 0.0
 
 
-def flops_per_token(model, n_params: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6 N for the matmuls (forward and backward) plus 12 L T D for attention."""
-  layers = getattr(model, 'num_layers', 0) or (getattr(model, 'num_encoder_layers', 0) +
-                                               getattr(model, 'num_decoder_layers', 0))
-  attention = 12 * layers * seq_len * getattr(model, 'embed_dim', 0) if hasattr(model, 'num_heads') else 0
-  return 6.0 * n_params + attention
+@functools.lru_cache(maxsize=None)
+def cpu_peak(dtype: str, n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of this process's CPU on an n x n x n matmul in `dtype` under zoo's dtype policy (float32
+  accumulation), the best of `repeats`: the ceiling MFU is measured against (a 2-core x86 machine with AMX:
+  about 260 GFLOP/s in float32, 1.1 TFLOP/s in bfloat16)."""
+  import time
+
+  import jax.numpy as jnp
+  from zoo.layers import common
+  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[dtype]
+  x = jnp.ones((n, n), dt)
+  mm = jax.jit(lambda a, b: common.dot_general(a, b, (((1,), (0,)), ((), ()))))
+  mm(x, x).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    mm(x, x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best
+
+
+def flops_per_token(model, params, seq_len: int, objective=None, fused_attention: bool = False) -> float:
+  """Training FLOPs per token that the step executes: forward and backward, a multiply-add counted as 2 FLOPs,
+  the backward pass as twice the forward (so 6 per weight a token meets).
+
+  - Matmuls: 6 x every weight matrix a token passes through. Lookups (embedding tables, relative-position
+    buckets) cost nothing; a tied output projection counts its V x D.
+  - ALBERT's shared layers count once per application (num_layers times), not once.
+  - BERT's MLM head (transform and output projection) runs on the masked positions only:
+    `objective.max_predictions(T) / T` of the tokens. The pooler, NSP and classification heads run once per row.
+  - Attention: 12 x T x width per layer (QK^T and AV, forward and backward), halved for a causal mask when a fused
+    kernel runs it (it skips the masked blocks; the xla path computes them all); cross-attention 12 x S x width.
+  Norms, biases, softmax and the optimizer are not counted (they are memory-bound). params: the unboxed parameter
+  tree (or its shapes).
+  """
+  from flax import traverse_util
+  shared = getattr(model, 'share_layers', False)
+  layers = getattr(model, 'num_layers', 0)
+  mlm = getattr(model, 'head', None) == 'pretraining'
+  frac = objective.max_predictions(seq_len) / seq_len if mlm and hasattr(objective, 'max_predictions') else 1.0
+  weights = 0.0
+  for path, leaf in traverse_util.flatten_dict(params).items():
+    if path[-1] != 'kernel' or len(leaf.shape) < 2:
+      continue
+    n = float(math.prod(leaf.shape))
+    if path[0] in ('pooler', 'nsp', 'classifier'):
+      n /= seq_len
+    elif path[0].startswith('mlm'):
+      n *= frac
+    elif shared and path[0] == 'layers':
+      n *= layers
+    weights += n
+  if getattr(model, 'tie_embeddings', False) or mlm:
+    table = params.get('token_embed', {}).get('embedding')
+    weights += float(math.prod(table.shape)) * (frac if mlm else 1.0) if table is not None else 0.0
+  flops = 6.0 * weights
+  heads = getattr(model, 'num_heads', 0)
+  if heads and hasattr(model, 'embed_dim'):
+    width = heads * (getattr(model, 'head_dim', 0) or model.embed_dim // heads)
+    causal = 0.5 if fused_attention else 1.0
+    if hasattr(model, 'num_encoder_layers'):  # encoder (bidirectional), decoder (causal) and cross-attention
+      flops += 12 * seq_len * width * (model.num_encoder_layers + model.num_decoder_layers * (causal + 1))
+    else:
+      is_causal = type(model).__name__ in ('Gpt', 'Glm')
+      flops += 12 * seq_len * width * layers * (causal if is_causal else 1.0)
+  return flops
 
 
 class MetricWriter:
