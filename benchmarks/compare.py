@@ -25,7 +25,7 @@ tokens/s to keep up.
 
 Output on stdout, one JSON object a line: per model one line per framework (tokens_per_s, step_ms, peak memory:
 GPU `peak_mem_mib` from torch.cuda.max_memory_allocated / jax memory_stats peak_bytes_in_use, zoo's compiled
-`peak_memory_mib_per_device`, the host process's `peak_rss_mib`; params; mfu by zoo's formula 6N + 12LTD over
+`peak_memory_mib_per_device`, the host process's `peak_rss_mib`; params; mfu by the FLOPs zoo's step executes
 zoo's peak for the device and dtype), then a ratio line (zoo / pytorch tokens/s, pipeline / zoo step tokens/s).
 Logs go to stderr.
 """

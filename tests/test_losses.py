@@ -131,3 +131,21 @@ def test_gradient_temporary_memory_is_a_few_chunks_not_all_logits(transposed, wi
   assert chunked_bytes < 3 * chunk_logits  # < 3/8 of the full logits
   # twice the tokens add only O(N D) memory (hidden and its gradient), no more logits
   assert chunked_twice_bytes - chunked_bytes < chunk_logits / 4
+
+
+def test_low_precision_einsum_gradients_accumulate_in_float32():
+  """zoo.layers.matmul: bf16 operands, float32 accumulation in the gradient contractions too."""
+  from zoo.layers import matmul
+  ks = jax.random.split(jax.random.key(3), 2)
+  h = jax.random.normal(ks[0], (4, 64, 32)).astype(jnp.bfloat16)
+  table = jax.random.normal(ks[1], (96, 32)).astype(jnp.bfloat16)
+
+  def loss(fn, h, table):
+    return jnp.sum(jnp.sin(fn(h, table)))
+  got = jax.grad(loss, argnums=(1, 2))(lambda h, t: matmul.einsum('...d,vd->...v', h, t), h, table)
+  want = jax.grad(loss, argnums=(1, 2))(
+      lambda h, t: jnp.einsum('...d,vd->...v', h.astype(jnp.float32), t.astype(jnp.float32)), h, table)
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=2e-2,
+                               atol=2e-2 * float(jnp.max(jnp.abs(w))))

@@ -60,6 +60,8 @@ def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
 def topology_devices(name: str) -> list:
   """The TPU devices of a topology, for compiling on a host without them (needs libtpu)."""
   chip, shape = parse_topology(name)
+  # libtpu takes a lock file per host: without this a second planning process (or a test worker) is refused
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     from jax.experimental import topologies
     bounds = tuple(min(s, b) for s, b in zip(shape + (1,) * (3 - len(shape)), chip.chips_per_host))
@@ -119,13 +121,16 @@ def plan(config, workdir: str, topology: str) -> dict:
       arguments = sum(_per_chip_bytes(x) for x in jax.tree.leaves((state, example))) / GIB
       outputs = 0.0
   compile_s = time.perf_counter() - t0
+  # v4 shows each chip's two TensorCores as two devices, which share its memory: report per chip
+  chips = len({tuple(d.coords) for d in devices})
+  cores = len(devices) // chips
+  arguments, temporaries, outputs = arguments * cores, temporaries * cores, outputs * cores
   peak = arguments + outputs + temporaries
-  chips = len(devices)
   tokens = config.train.batch_size * config.train.seq_len
   flops = tokens * run.flops_per_token  # per step, all chips
   at = lambda mfu: flops / (chips * chip.peak_flops * mfu)  # noqa: E731  seconds per step
   out = {
-      'topology': topology, 'chips': chips, 'hbm_gib_per_chip': chip.hbm_gib,
+      'topology': topology, 'chips': chips, 'devices': len(devices), 'hbm_gib_per_chip': chip.hbm_gib,
       'mesh': {k: int(v) for k, v in mesh.shape.items()},
       'recipe': f'{config.model.family}:{config.model.size}', 'batch': config.train.batch_size,
       'seq_len': config.train.seq_len, 'dtype': config.model.dtype, 'params': run.n_params,

@@ -89,7 +89,7 @@ def xla_attention(q, k, v, mask=None, bias=None, *, scale: float, dropout_rate: 
 
 def why_not(implementation: str, q, k, mask, bias, dropout: bool, platform: str) -> str | None:
   """Why `implementation` cannot run this call (None: it can)."""
-  t, s, n, h = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+  t, s, h = q.shape[1], k.shape[1], q.shape[3]
   if implementation == 'xla':
     return None
   if dropout:

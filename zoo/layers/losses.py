@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
+from zoo.layers import matmul
+
 Dtype = Any
 CHUNK_TOKENS = 8192  # tokens of the global batch per chunk: 8192 x 50,304 float32 logits are 1.5 GiB over all devices
 
@@ -36,9 +38,7 @@ def logits_from(hidden: jax.Array, kernel: jax.Array, bias: jax.Array | None = N
   >>> y.shape, y.dtype, y[0].tolist()
   ((2, 5), dtype('float32'), [3.0, 4.0, 5.0, 6.0, 7.0])
   """
-  contract = (((hidden.ndim - 1,), (1 if transposed else 0,)), ((), ()))
-  logits = lax.dot_general(hidden.astype(dtype), kernel.astype(dtype), contract,
-                           preferred_element_type=jnp.float32)
+  logits = matmul.einsum('...d,vd->...v' if transposed else '...d,dv->...v', hidden, kernel, dtype)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   return logits

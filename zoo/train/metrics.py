@@ -31,7 +31,7 @@ def peak_flops(config, devices) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_peak(dtype: str, n: int = 1024, repeats: int = 5) -> float:
+def cpu_peak(dtype: str, n: int = 2048, repeats: int = 3) -> float:
   """FLOP/s of this process's CPU on an n x n x n matmul in `dtype` under zoo's dtype policy (float32
   accumulation), the best of `repeats`: the ceiling MFU is measured against (a 2-core x86 machine with AMX:
   about 260 GFLOP/s in float32, 1.1 TFLOP/s in bfloat16)."""
