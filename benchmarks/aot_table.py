@@ -5,7 +5,7 @@ markdown table (the README's).
   python benchmarks/aot_table.py --recipes=gpt:small --topologies=v5e:2x4 --set=model.remat=full
 
 Each recipe runs as published (its batch and sequence length) in bfloat16, with scanned layers (compile time flat
-in depth) under the remat policy dots_with_no_batch_dims_saveable, and its parameters and optimizer state sharded
+in depth) under the remat policy dots_saveable, and its parameters and optimizer state sharded
 over every device (mesh.fsdp=-1, ZeRO-3). Needs libtpu (the [tpu] or [test] extra); no TPU.
 """
 import argparse
@@ -20,7 +20,7 @@ RECIPES = 'bert:base,bert:large,gpt:small,gpt:large,t5:base,t5:large'
 TOPOLOGIES = 'v5e:2x4,v4:2x2x4,v5p:2x4x4'  # v5e-8, v4-32 and v5p-64 (v4 and v5p count two cores a chip)
 # Scanned layers save every intermediate of the layer for the backward pass (XLA cannot rematerialize across the
 # loop): keep the matmul outputs and recompute the rest, as MaxText does.
-REMAT = 'dots_with_no_batch_dims_saveable'
+REMAT = 'dots_saveable'
 
 
 def plan(recipe: str, topology: str, extra: list[str], tokenizer: str) -> dict:

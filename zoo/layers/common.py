@@ -5,7 +5,8 @@ The dtype policy (as in T5X and MaxText):
 - activations and matmul operands use the compute dtype (`dtype`: float32, or bfloat16 on TPU);
 - every matmul accumulates in float32, forward *and* backward (`dot_general` below), and its result is
   rounded back to the compute dtype;
-- norms compute their statistics in float32; logits and losses are float32.
+- norms compute their statistics in float32, and the MLP's activation function runs in float32 between
+  compute-dtype input and output (XLA fuses the casts); logits and losses are float32.
 
 Logical axis names (t5x/flax convention) used for parameters:
   'vocab', 'embed', 'mlp', 'heads' (heads x head_dim, flattened), 'relpos_buckets', 'positions', 'rnn'

@@ -32,10 +32,11 @@ class Mlp(nn.Module):
       y = common.dense(self.mlp_dim, ('embed', 'mlp'), use_bias=self.use_bias, dtype=self.dtype,
                        kernel_init=self.kernel_init, name=name)(x)
       return y + adapters_lib.lora(self, self.adapters, name, x, self.mlp_dim, ('embed', 'mlp'), deterministic)
+    f32 = lambda y: act(y.astype(jnp.float32)).astype(y.dtype)  # noqa: E731  fused: bf16 in and out, f32 inside
     if gated:
-      h = act(wi('wi_0')) * wi('wi_1')
+      h = f32(wi('wi_0')) * wi('wi_1')
     else:
-      h = act(wi('wi'))
+      h = f32(wi('wi'))
     h = common.constrain(h, ('batch', 'length', 'mlp'))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)  # T5 drops here too
     y = common.dense(x.shape[-1], ('mlp', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
