@@ -77,6 +77,30 @@ def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _gib(number: str, unit: str) -> float:
+  return float(number) * 1024 ** ('KMGT'.index(unit) + 1) / 1024 ** 3
+
+
+def oom_gib(message: str) -> float | None:
+  """What XLA:TPU's out-of-memory refusal says the program needs, in GiB (None: not such a refusal). It words it
+  two ways: temporaries alone, or the HBM used plus the excess.
+
+  >>> oom_gib('RESOURCE_EXHAUSTED: ... required for HLO temporaries (29.39G) exceeds available HBM (15.75G).')
+  29.39
+  >>> round(oom_gib('RESOURCE_EXHAUSTED: E1000: ... Used 15.75G of 15.75G hbm. Exceeded hbm capacity by 512.00M.'), 2)
+  16.25
+  """
+  if 'RESOURCE_EXHAUSTED' not in message:
+    return None
+  temporaries = re.search(r'HLO temporaries \(([\d.]+)([KMGT])\)', message)
+  if temporaries:
+    return _gib(*temporaries.groups())
+  used = re.search(r'Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm\. Exceeded hbm capacity by ([\d.]+)([KMGT])', message)
+  if used:
+    return _gib(*used.groups()[:2]) + _gib(*used.groups()[2:])
+  return None
+
+
 def _sig(x: float) -> float:
   return float(f'{x:.4g}')
 
@@ -113,13 +137,12 @@ def plan(config, workdir: str, topology: str) -> dict:
       arguments = mem.argument_size_in_bytes / GIB
       outputs = (mem.output_size_in_bytes - mem.alias_size_in_bytes) / GIB  # the donated state is updated in place
       temporaries = mem.temp_size_in_bytes / GIB
-    except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program whose temporaries exceed the chip
-      found = re.search(r'HLO temporaries \(([\d.]+)([KMGT])\)', str(e))
-      if 'RESOURCE_EXHAUSTED' not in str(e) or not found:
+    except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program that does not fit the chip
+      needed = oom_gib(str(e))
+      if needed is None:
         raise
-      temporaries = float(found.group(1)) * 1024 ** 'KMGT'.index(found.group(2)) / 1024 ** 3
       arguments = sum(_per_chip_bytes(x) for x in jax.tree.leaves((state, example))) / GIB
-      outputs = 0.0
+      temporaries, outputs = max(needed - arguments, 0.0), 0.0
   compile_s = time.perf_counter() - t0
   # v4 shows each chip's two TensorCores as two devices, which share its memory: report per chip
   chips = len({tuple(d.coords) for d in devices})
