@@ -21,6 +21,8 @@ import time
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from zoo.layers import transformer
+
 log = logging.getLogger('zoo')
 
 EXIT_DOES_NOT_FIT = 3  # train.py's exit status when the planned step needs more memory than a chip has
@@ -179,7 +181,7 @@ def fixes(config, peak: float, hbm: float, mesh: dict) -> list[str]:
   if mesh['data'] > 1:
     out.append(f'--config.mesh.fsdp={mesh["data"] * mesh["fsdp"]} --config.mesh.data=1 (shard parameters and '
                f'optimizer state over the data-parallel chips)')
-  if config.model.get('remat', 'none') in ('none', False, ''):
+  if not transformer.remat_policy(config.model.get('remat', 'none'))[0]:
     out.append('--config.model.remat=full (recompute activations in the backward pass), or a lighter policy '
                'such as dots_saveable')
   out.append(f'--config.train.microbatches={2 * config.train.microbatches} (accumulate gradients over '

@@ -50,16 +50,13 @@ def segment_mask(q_segments: jax.Array, k_segments: jax.Array | None = None) -> 
   q_segments [B, T], k_segments [B, S] (int, 1..n for documents, 0 for padding) -> [B, 1, T, S].
   """
   k_segments = q_segments if k_segments is None else k_segments
-  same = nn.make_attention_mask(q_segments, k_segments, pairwise_fn=jnp.equal, dtype=jnp.bool_)
-  return nn.combine_masks(same, padding_mask(q_segments > 0, k_segments > 0), dtype=jnp.bool_)
+  return Mask(q_segments, k_segments).dense(q_segments.shape[1], k_segments.shape[1])
 
 
 def make_mask(q_segments: jax.Array, k_segments: jax.Array | None = None, *, causal: bool = False):
   """The usual combination: packed segments (0 = padding), and causal if asked."""
-  mask = segment_mask(q_segments, k_segments)
-  if causal:
-    mask = nn.combine_masks(mask, causal_mask(q_segments.shape[1]), dtype=jnp.bool_)
-  return mask
+  k_segments = q_segments if k_segments is None else k_segments
+  return Mask(q_segments, k_segments, causal=causal).dense(q_segments.shape[1], k_segments.shape[1])
 
 
 def decode_positions(module: nn.Module, length: int) -> tuple[jax.Array, jax.Array]:

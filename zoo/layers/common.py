@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from zoo.layers import losses
+from zoo.layers import losses, matmul
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -31,30 +31,6 @@ default_kernel_init = nn.initializers.normal(stddev=0.02)
 default_embed_init = nn.initializers.normal(stddev=0.02)
 
 _DENSE_DIMS = lambda ndim: (((ndim - 1,), (0,)), ((), ()))  # noqa: E731  x[..., I] . w[I, O]
-
-
-@jax.custom_vjp
-def _mm_f32_accumulate(x, w):
-  """x[..., I] @ w[I, O] with low-precision operands and float32 accumulation; result in x.dtype."""
-  y = lax.dot_general(x, w, _DENSE_DIMS(x.ndim), preferred_element_type=jnp.float32)
-  return y.astype(x.dtype)
-
-
-def _mm_fwd(x, w):
-  return _mm_f32_accumulate(x, w), (x, w)
-
-
-def _mm_bwd(res, g):
-  # Autodiff of a dot with preferred_element_type does not carry it over to the gradient dots
-  # (JAX_NOTES): spell both out so they too take bf16 operands and accumulate in float32.
-  x, w = res
-  dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  batch = tuple(range(x.ndim - 1))
-  dw = lax.dot_general(x, g, ((batch, batch), ((), ())), preferred_element_type=jnp.float32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_mm_f32_accumulate.defvjp(_mm_fwd, _mm_bwd)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -72,12 +48,13 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
       or dimension_numbers != _DENSE_DIMS(lhs.ndim) or rhs.ndim != 2):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
-  return _mm_f32_accumulate(lhs, rhs)
+  return matmul.einsum('...i,io->...o', lhs, rhs).astype(lhs.dtype)
 
 
-def einsum(spec: str, *operands, dtype: Dtype = jnp.float32):
-  """`jnp.einsum` on operands cast to `dtype`, accumulating in float32; the result is float32."""
-  return jnp.einsum(spec, *(o.astype(dtype) for o in operands), preferred_element_type=jnp.float32)
+def einsum(spec: str, a, b, dtype: Dtype = jnp.float32):
+  """`jnp.einsum` of two operands cast to `dtype`, accumulating in float32 (`zoo.layers.matmul.einsum`); the result
+  is float32."""
+  return matmul.einsum(spec, a, b, dtype)
 
 
 def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -137,14 +114,10 @@ class OutputHead(nn.Module):
                          logits=logits)
 
 
-def tied_output(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32, logits: bool = True):
-  """Tied output logits x @ table^T in float32, or with logits=False the `Features` a chunked loss takes."""
+def attend(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32, logits: bool = True):
+  """Tied output logits x @ table^T in float32 (accumulated in float32 from `dtype` operands), or with
+  logits=False the `zoo.layers.losses.Features` a chunked loss takes."""
   return losses.output(x, table.embedding, transposed=True, dtype=dtype, logits=logits)
-
-
-def attend(table: nn.Embed, x: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
-  """Tied output logits x @ table^T, in float32 (accumulated in float32 from `dtype` operands)."""
-  return einsum('...d,vd->...v', x, table.embedding, dtype=dtype)
 
 
 def norm(kind: str, *, eps: float, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:

@@ -131,9 +131,6 @@ class Features:
   transposed: bool = struct.field(pytree_node=False, default=False)
   dtype: Dtype = struct.field(pytree_node=False, default=jnp.float32)
 
-  def logits(self) -> jax.Array:
-    return logits_from(self.hidden, self.kernel, self.bias, self.transposed, self.dtype)
-
   def cross_entropy(self, labels, weights, chunk_size: int = CHUNK_TOKENS):
     return chunked_cross_entropy(self.hidden, self.kernel, labels, weights, bias=self.bias,
                                  transposed=self.transposed, chunk_size=chunk_size, dtype=self.dtype)

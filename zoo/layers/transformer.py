@@ -98,9 +98,6 @@ class TransformerBlock(nn.Module):
     return (x, None) if self.scanned else x
 
 
-REMAT = ('none', 'full')  # or the name of any jax.checkpoint_policies policy
-
-
 def remat_policy(remat: bool | str):
   """model.remat -> (recompute?, policy): 'none' (or False) keeps every activation; 'full' (or True) recomputes
   each block in the backward pass; a `jax.checkpoint_policies` name (dots_saveable, nothing_saveable,

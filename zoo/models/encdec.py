@@ -180,7 +180,7 @@ class EncoderDecoder(nn.Module):
       return self.lm_head(x, logits)
     if self.scale_tied_logits:
       x = x * self.embed_dim ** -0.5
-    return common.tied_output(self.token_embed, x, self.dtype, logits)
+    return common.attend(self.token_embed, x, self.dtype, logits)
 
   def __call__(self, tokens, decoder_tokens, segment_ids=None, decoder_segment_ids=None, positions=None,
                decoder_positions=None, deterministic: bool = True, decode: bool = False, logits: bool = True):

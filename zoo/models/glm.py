@@ -89,7 +89,7 @@ class Glm(nn.Module):
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, decode,
                                  scan=self.scan_layers, remat=self.remat)
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
-    return common.tied_output(token_embed, x, self.dtype, logits)
+    return common.attend(token_embed, x, self.dtype, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
     return dict(tokens=jnp.ones((batch_size, length), jnp.int32),

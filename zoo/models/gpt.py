@@ -82,7 +82,7 @@ class Gpt(nn.Module):
                                  decode, scan=self.scan_layers, remat=self.remat)
     x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
     if self.tie_embeddings:
-      return common.tied_output(token_embed, x, self.dtype, logits)
+      return common.attend(token_embed, x, self.dtype, logits)
     return common.OutputHead(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype,
                              name='lm_head')(x, logits)
 

@@ -61,7 +61,7 @@ class RnnLm(nn.Module):
       if self.embed_dim != self.hidden_dim:
         raise ValueError(f'model.tie_embeddings needs model.embed_dim ({self.embed_dim}) == '
                          f'model.hidden_dim ({self.hidden_dim})')
-      return common.tied_output(token_embed, x, self.dtype, logits)
+      return common.attend(token_embed, x, self.dtype, logits)
     return common.OutputHead(self.vocab_size, ('rnn', 'vocab'), dtype=self.dtype, name='lm_head')(x, logits)
 
   def example_batch(self, batch_size: int = 1, length: int = 16) -> dict:
