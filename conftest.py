@@ -56,6 +56,7 @@ def tokenizer_path(tmp_path_factory):
 
 def _pretrained(tmp_path_factory, recipe: str, overrides: dict) -> str:
   """The workdir of a tiny run of configs/<recipe>.py with these overrides, trained once per session."""
+  import contextlib
   import importlib
   import sys
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -63,7 +64,11 @@ def _pretrained(tmp_path_factory, recipe: str, overrides: dict) -> str:
   from zoo import train
   c = config_lib.override(importlib.import_module(f'configs.{recipe}').get_config('tiny'), {
       'data.vocab_size': 1000, 'log.tensorboard': False, **overrides})
-  return str(_shared(tmp_path_factory, recipe, lambda d: train.train_and_evaluate(c, str(d / 'workdir'))) / 'workdir')
+
+  def make(d):
+    with open(d / 'stdout.txt', 'w') as out, contextlib.redirect_stdout(out):  # what train.py would have printed
+      train.train_and_evaluate(c, str(d / 'workdir'))
+  return str(_shared(tmp_path_factory, recipe, make) / 'workdir')
 
 
 @pytest.fixture(scope='session')

@@ -4,7 +4,9 @@
   python train.py --config=configs/gpt.py:tiny --workdir=workdir/gpt --mode=eval
 
 Rerunning a command with the same workdir resumes from its newest checkpoint. --mode=eval restores it onto
-the devices present (another mesh shape, or one CPU) and writes workdir/eval.json.
+the devices present (another mesh shape, or one CPU) and writes workdir/eval.json. A mistake in a flag, a value or
+a file is one `error:` line (exit status 2); --verbosity=info shows the libraries' logs, --verbosity=debug also
+tracebacks.
 
 Will it fit? --aot=TOPOLOGY compiles the real training step for a TPU topology on this (CPU) host, no TPU attached
 (libtpu: pip install -e '.[tpu]'), prints the plan and writes workdir/aot.json; the exit status is 3 when the
@@ -12,13 +14,12 @@ step does not fit in a chip's memory:
 
   python train.py --config=configs/gpt.py:medium --workdir=DIR --aot=v5e:2x4 --config.mesh.fsdp=8
 """
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from zoo.train import train_and_evaluate
+from zoo import cli
 
 config_flags.DEFINE_config_file('config', None, 'a recipe: configs/<name>.py[:<size>]', lock_config=True)
 flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, the tokenizer and eval.json')
@@ -31,17 +32,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger('zoo').setLevel(logging.INFO)
+  cli.quiet_logs(flags.FLAGS.verbosity)
   if flags.FLAGS.aot:
     from zoo import aot
-    try:
-      plan = aot.plan(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.aot)
-    except (ValueError, RuntimeError) as e:
-      sys.exit(f'error: {e}')
+    plan = cli.guard(aot.plan, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.aot)
     print(aot.report(plan))
     sys.exit(0 if plan['fits'] else aot.EXIT_DOES_NOT_FIT)
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
+  from zoo.train import train_and_evaluate
+  cli.guard(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

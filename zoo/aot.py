@@ -21,6 +21,7 @@ import time
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from zoo.errors import UserError
 from zoo.layers import transformer
 
 log = logging.getLogger('zoo')
@@ -70,7 +71,7 @@ def topology_devices(name: str) -> list:
     desc = topologies.get_topology_desc(platform='tpu', topology_name=name, chips_per_host_bounds=bounds)
   except Exception as e:  # no libtpu, or a shape the chip does not come in
     if 'tpu' in str(e).lower() and ('not found' in str(e).lower() or 'unknown backend' in str(e).lower()):
-      raise RuntimeError(f"--aot={name}: libtpu is not installed: pip install -e '.[tpu]'") from e
+      raise UserError(f"--aot={name}: libtpu is not installed: pip install -e '.[tpu]'") from e
     raise ValueError(f'--aot={name}: libtpu refused this topology ({e})') from e
   return list(desc.devices)
 

@@ -116,15 +116,6 @@ def _dtype(name: str):
   return {'float32': jax.numpy.float32, 'bfloat16': jax.numpy.bfloat16, 'float16': jax.numpy.float16}[name]
 
 
-def _check_size(m) -> None:
-  table = models.FAMILIES[m.family].sizes.get(m.size, {}) if m.family in models.FAMILIES else {}
-  differing = [k for k, v in table.items() if k in m and k != 'vocab_size' and m[k] != v]
-  if len(differing) > len(table) // 2:
-    raise ValueError(f'model.size={m.size!r} but most model fields ({", ".join(differing)}) are another '
-                     f"size's: pick the size with the recipe argument (configs/<recipe>.py:{m.size}), which sets "
-                     f'them all')
-
-
 def make_objective(config, tok: tk.Tokenizer) -> objectives.Objective:
   """The pretraining objective the config names; the fields it takes from the tokenizer are filled in."""
   cls = objectives.OBJECTIVES.get(config.objective.name)
@@ -155,7 +146,6 @@ def build(config, workdir: str, devices=None) -> Run:
   tok = load_tokenizer(config, workdir)
   m = config.model
   family = models.get_family(m.family)
-  _check_size(m)
   vocab = m.vocab_size if m.vocab_size > 0 else 128 * math.ceil(tok.vocab_size / 128)
   fields = {k: v for k, v in m.items() if k not in ('family', 'size')}
   fields.update(vocab_size=vocab, dtype=_dtype(m.dtype))

@@ -2,6 +2,7 @@
 evaluate. A rerun with the same workdir resumes; a changed recipe in a used workdir is refused."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from zoo.train import state as state_lib
 from zoo.train import steps
 from zoo.train.build import build, maybe_initialize_distributed
 from zoo.train.evaluate import evaluate
+from zoo.train.lock import WorkdirLock
 from zoo.train.metrics import MetricWriter, fmt_time, progress_line, say
 
 
@@ -69,24 +71,72 @@ RESUME_FIELDS = ('seed', 'train.batch_size', 'train.seq_len', 'train.microbatche
                  'adapters')
 
 
+def _flat(tree, prefix: str) -> dict:
+  """{dotted field: value} of a JSON config section (a leaf keeps its own name)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f'{prefix}.{k}'))
+  return out
+
+
+def _flag(field: str, value) -> str:
+  return f'--config.{field}={value}' if not isinstance(value, str) or value else f"--config.{field}=''"
+
+
 def check_same_run(config, workdir: str) -> None:
-  """Refuse to resume the checkpoints in workdir with a config that would not continue their run."""
+  """Refuse to resume the checkpoints in workdir with a config that would not continue their run, listing every
+  field that differs and the flags that set them back."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
   with open(path) as f:
     saved = json.load(f)
   now = json.loads(config.to_json_best_effort())
+  differ = []
   for field in RESUME_FIELDS:
     a, b = saved, now
     for part in field.split('.'):
       a, b = (a or {}).get(part), (b or {}).get(part)
-    if a != b:
-      raise ValueError(f'{field} is {b!r} but the checkpoints in {workdir} were made with {a!r}: resuming would '
-                       f'not continue that run. Use a new --workdir, or set {field} back')
+    before, after = _flat(a, field), _flat(b, field)
+    differ += [(k, before[k], after.get(k)) for k in sorted(before) if before[k] != after.get(k)]
+  if differ:
+    raise ValueError(
+        f'the checkpoints in {workdir} were made with other settings, and resuming would not continue that run: '
+        + '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
+        + '. Use a new --workdir, or set them back: ' + ' '.join(_flag(k, a) for k, a, _ in differ))
   if saved.get('optimizer', {}).get('decay_steps', -1) == -1 and saved['train']['steps'] != now['train']['steps']:
     raise ValueError(f"train.steps changed from {saved['train']['steps']} to {now['train']['steps']} and the "
-                     f'learning-rate schedule follows it: to extend or split a run, fix optimizer.decay_steps')
+                     f'learning-rate schedule follows it: to extend or split a run, fix where it ends with '
+                     f"--config.optimizer.decay_steps={saved['train']['steps']}")
+
+
+class FiniteWatch:
+  """Every step's on-device flag (loss, gradients and parameters finite), read one step late so the host never
+  waits for the step it has just queued; all of them are read before a checkpoint is saved, so a saved state is
+  always finite. A non-finite step stops the run, naming it and the last checkpoint, which is intact."""
+
+  def __init__(self, placement, saved: int | None, directory: str):
+    self.placement, self.saved, self.directory = placement, saved, directory
+    self.pending = []
+
+  def add(self, step: int, flag) -> None:
+    self.pending.append((step, flag))
+    self.check(keep=1)
+
+  def check(self, keep: int = 0) -> None:
+    while len(self.pending) > keep:
+      step, flag = self.pending.pop(0)
+      if not bool(self.placement.fetch(flag)):
+        where = (f'the last checkpoint, step {self.saved} in {self.directory}, is intact: rerunning resumes from it'
+                 if self.saved else 'no checkpoint was saved before it')
+        raise FloatingPointError(
+            f'the loss or the gradients are not finite at step {step}: stopped without saving ({where}). Lower '
+            f'optimizer.learning_rate, raise optimizer.warmup_steps, or train with model.dtype=float32')
+
+  def saved_at(self, step: int) -> None:
+    self.saved = step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train',
@@ -105,17 +155,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   maybe_initialize_distributed(config)
-  run = build(config, workdir)
-  checkpointer = ckpt.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-  try:
-    if mode == 'eval':
-      return _eval_only(run, checkpointer)
-    if checkpointer.latest_step() is not None:
-      check_same_run(run.config, workdir)
-    _write_json(os.path.join(workdir, 'config.json'), run.config.to_json_best_effort(indent=1))
-    return _train(run, checkpointer, callback)
-  finally:
-    checkpointer.close()
+  if mode == 'eval':
+    ckpt.find_state(workdir)  # nothing to evaluate: say so before building anything
+  lock = WorkdirLock(workdir) if mode == 'train' and jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:  # one writer per workdir; evaluation reads without it
+    run = build(config, workdir)
+    checkpointer = ckpt.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    try:
+      if mode == 'eval':
+        return _eval_only(run, checkpointer)
+      if checkpointer.latest_step() is not None:
+        check_same_run(run.config, workdir)
+      _write_json(os.path.join(workdir, 'config.json'), run.config.to_json_best_effort(indent=1))
+      return _train(run, checkpointer, callback)
+    finally:
+      checkpointer.close()
 
 
 def _eval_only(run, checkpointer) -> dict:
@@ -146,6 +200,21 @@ def _banner(run) -> str:
           f'device(s), {run.placement.describe()} | workdir {run.workdir}')
 
 
+def _summary(run, start: int, step: int, seconds: float, train_m: dict, eval_m: dict) -> str:
+  """The closing lines: what ran, how long, the final metrics, and where everything was written."""
+  w, cfg = run.workdir, run.config
+  shown = lambda m: '  '.join(f'{k} {m[k]:.4g}' for k in sorted(m, key=lambda k: (k != 'loss', k))  # noqa: E731
+                              if isinstance(m[k], float) and (k in ('loss', 'perplexity') or
+                                                              k.endswith(('_loss', '_accuracy'))))
+  lines = [f'done: steps {start + 1}-{step} of {cfg.train.steps} in {fmt_time(seconds)}',
+           f'  train  {shown(train_m)}', f'  eval   {shown(eval_m)}',
+           f'  checkpoints  {os.path.join(w, "checkpoints")} (step {step})',
+           f'  metrics      {os.path.join(w, "metrics.jsonl")}, {os.path.join(w, "eval.json")}']
+  if cfg.log.tensorboard:
+    lines.append(f'  tensorboard  tensorboard --logdir {os.path.join(w, "tensorboard")}')
+  return '\n'.join(lines)
+
+
 def _train(run, checkpointer, callback=None) -> dict:
   cfg = run.config
   placement = run.placement
@@ -170,8 +239,10 @@ def _train(run, checkpointer, callback=None) -> dict:
   tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
   say(_banner(run))
   step = start
-  t_log, steps_since = time.time(), 0
+  t_start = t_log = time.time()
+  steps_since = 0
   last = {}
+  watch = FiniteWatch(placement, start or None, checkpointer.directory)
   with Preemption() as preempt:
     while step < cfg.train.steps:
       batch = next(data_iter)
@@ -179,15 +250,13 @@ def _train(run, checkpointer, callback=None) -> dict:
       state, metrics = train_step(state, example, rng)
       step += 1
       steps_since += 1
+      watch.add(step, metrics.pop('finite'))
       if step == start + 1:
         jax.block_until_ready(metrics)
         t_log, steps_since = time.time(), 0  # speed is measured after the first step's compilation
       if step % cfg.log.every == 0 or step == cfg.train.steps or preempt.requested or step == start + 1:
+        watch.check()
         m = {k: float(v) for k, v in placement.fetch(metrics).items()}
-        if not math.isfinite(m['loss']):
-          raise FloatingPointError(
-              f'loss is {m["loss"]} at step {step}: stopping without saving (the last checkpoint is intact). '
-              f'Lower optimizer.learning_rate, raise optimizer.warmup_steps, or use model.dtype=float32')
         now = time.time()
         eta = '?'
         if steps_since:
@@ -202,20 +271,27 @@ def _train(run, checkpointer, callback=None) -> dict:
         say(progress_line(step, cfg.train.steps, m, eta))
         t_log, steps_since = now, 0
       if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+        watch.check()
         m_eval = evaluate(run, state.params, eval_step)
         report(step, m_eval, prefix='eval_')
         say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4g}' for k, v in m_eval.items() if isinstance(v, float)))
         t_log, steps_since = time.time(), 0  # evaluation time is not training speed
       if preempt.agree():
+        watch.check()
         checkpointer.save(step, placement.saveable(state), data_iter, force=True)
         checkpointer.wait()
         say(f'stopped at step {step}: checkpoint saved; rerun the same command to resume')
         writer.close()
         return {'step': step, 'stopped': True, **last}
       if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
+        watch.check()
         checkpointer.save(step, placement.saveable(state), data_iter, force=step == cfg.train.steps)
+        watch.saved_at(step)
+  watch.check()
   checkpointer.wait()
   metrics = evaluate(run, state.params, eval_step)
   report(step, metrics, prefix='eval_')
   writer.close()
-  return _write_eval(run, step, metrics)
+  out = _write_eval(run, step, metrics)
+  say(_summary(run, start, step, time.time() - t_start, last, metrics))
+  return out

@@ -75,6 +75,9 @@ def train_step_fn(run):
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optim.global_norm(grads), 'param_norm': optim.global_norm(params),
                'learning_rate': run.schedule(state.step)}
+    # the loop reads this every step (one step late) and never saves a state that follows a non-finite one
+    metrics['finite'] = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm']) & jnp.isfinite(
+        metrics['param_norm'])
     metrics.update(term_metrics(terms, counts))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,217 @@
+"""The first hour's safety nets: one writer per workdir (a killed writer's lock is taken over), non-finite steps
+caught before anything bad is saved, every resume mismatch listed with flags that work, custom shapes, a user's
+mistakes as one line without a traceback, and the run's closing summary."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo import checkpoint as ckpt
+from zoo import cli, errors, optim
+from zoo import config as config_lib
+from zoo import train
+from zoo.train import lock as lock_lib
+from zoo.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.test_train import final_params, recipe  # noqa: E402
+
+
+def small_run(tokenizer_path, **overrides):
+  """A tiny GPT on one device: seconds to train."""
+  return recipe('gpt', tokenizer_path, **{'mesh.devices': 1, 'train.batch_size': 4, 'train.seq_len': 32,
+                                          'train.eval_batches': 1, 'optimizer.warmup_steps': 0, **overrides})
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tokenizer_path, tmp_path):
+  with lock_lib.WorkdirLock(str(tmp_path)):
+    t = time.time()
+    with pytest.raises(lock_lib.WorkdirLocked, match=rf'workdir {tmp_path} is in use by another run: pid '
+                                                      rf'{os.getpid()} on .* since 20\d\d-'):
+      train.train_and_evaluate(small_run(tokenizer_path), str(tmp_path))
+    assert time.time() - t < 2  # refused before the tokenizer, the model or a compilation
+    # as a command-line error: one line, exit status 2
+    with pytest.raises(SystemExit) as e:
+      cli.guard(train.train_and_evaluate, small_run(tokenizer_path), str(tmp_path))
+    assert e.value.code == cli.EXIT_USER_ERROR
+    # evaluation reads without the lock (and says there is nothing to evaluate yet, before building anything)
+    with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path}'):
+      train.train_and_evaluate(small_run(tokenizer_path), str(tmp_path), mode='eval')
+    assert time.time() - t < 3
+
+
+def test_a_killed_writers_lock_is_taken_over(tmp_path, caplog):
+  # a process takes the lock (loading only the lock module: no jax), then is killed with SIGKILL
+  code = ('import importlib.util, sys, time; sys.path.insert(0, sys.argv[1]); '
+          'spec = importlib.util.spec_from_file_location("lock", sys.argv[1] + "/zoo/train/lock.py"); '
+          'm = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); '
+          'm.WorkdirLock(sys.argv[2]).acquire(); print("held", flush=True); time.sleep(60)')
+  proc = subprocess.Popen([sys.executable, '-c', code, str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == 'held'
+  with pytest.raises(lock_lib.WorkdirLocked, match=f'pid {proc.pid} on '):
+    lock_lib.WorkdirLock(str(tmp_path)).acquire()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  with caplog.at_level('INFO', logger='zoo'):
+    held = lock_lib.WorkdirLock(str(tmp_path)).acquire()
+  assert f'took over the lock of a run that ended without releasing it (pid {proc.pid}' in caplog.text
+  assert json.loads((tmp_path / 'LOCK').read_text())['pid'] == os.getpid()
+  held.release()
+  assert (tmp_path / 'LOCK').read_text() == ''  # a clean end leaves nothing to take over
+
+
+def _nan_from(monkeypatch, count: int):
+  """The learning rate becomes NaN at optimizer step `count` (so step count + 1's update is not finite)."""
+  make = optim.make_schedule
+  monkeypatch.setattr(optim, 'make_schedule', lambda cfg, total: (
+      lambda c: jnp.where(c >= count, jnp.nan, make(cfg, total)(c))))
+
+
+class _Host:
+  """A placement whose device values are host booleans."""
+  fetch = staticmethod(lambda x: x)
+
+
+def test_the_finite_watch_reads_each_step_one_late_and_all_before_a_save():
+  watch = loop.FiniteWatch(_Host(), saved=None, directory='/w/checkpoints')
+  for step in (1, 2, 3):
+    watch.add(step, True)
+  assert [s for s, _ in watch.pending] == [3]  # the newest step is not waited for
+  watch.check()
+  watch.saved_at(3)
+  watch.add(4, True)
+  watch.add(5, False)  # queued: read when step 6 is queued, or before anything is saved
+  with pytest.raises(FloatingPointError, match=r'not finite at step 5: .*the last checkpoint, step 3 in '
+                                               r'/w/checkpoints, is intact'):
+    watch.check()
+  fresh = loop.FiniteWatch(_Host(), saved=None, directory='/w/checkpoints')
+  fresh.add(1, False)
+  with pytest.raises(FloatingPointError, match=r'step 1: .*no checkpoint was saved before it'):
+    fresh.add(2, True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('log_every,ckpt_every', [(10, 2), (1, 1), (3, 3)])
+def test_a_non_finite_step_stops_the_run_before_it_is_saved(log_every, ckpt_every, tokenizer_path, tmp_path,
+                                                            monkeypatch):
+  _nan_from(monkeypatch, 4)  # step 5's update makes the parameters NaN
+  c = small_run(tokenizer_path, **{'train.steps': 8, 'log.every': log_every, 'checkpoint.every': ckpt_every})
+  saved = 4 // ckpt_every * ckpt_every
+  with pytest.raises(FloatingPointError, match=rf'not finite at step 5: stopped without saving \(the last '
+                                               rf'checkpoint, step {saved} in .*, is intact'):
+    train.train_and_evaluate(c, str(tmp_path))
+  checkpointer = ckpt.Checkpointer(str(tmp_path), async_save=False)
+  assert checkpointer.latest_step() == saved  # nothing at or after the bad step
+  checkpointer.close()
+  params = jax.tree.leaves(final_params(tmp_path, saved))
+  assert params and all(np.isfinite(np.asarray(p)).all() for p in params)
+  assert not (tmp_path / 'LOCK').read_text()  # the lock was released on the way out
+
+
+def test_a_resume_mismatch_lists_every_field_and_its_hint_works(tokenizer_path, tmp_path):
+  before = small_run(tokenizer_path)
+  (tmp_path / 'config.json').write_text(before.to_json_best_effort())
+  after = small_run(tokenizer_path, **{'seed': 1, 'model.num_layers': 3, 'data.packing': 'pad'})
+  with pytest.raises(ValueError) as e:
+    loop.check_same_run(after, str(tmp_path))
+  message = str(e.value)
+  for field, now, was in (('seed', 1, 0), ('model.num_layers', 3, before.model.num_layers),
+                          ('data.packing', "'pad'", "'concat'")):
+    assert f'{field} is {now}, was {was}' in message
+  flags = message.split('set them back: ')[1].split()
+  assert sorted(flags) == sorted(['--config.seed=0', f'--config.model.num_layers={before.model.num_layers}',
+                                  '--config.data.packing=concat'])
+  # following the hint (each flag parsed to its field's type, as the command line does) makes it resumable
+  for flag in flags:
+    field, text = flag[len('--config.'):].split('=')
+    *path, last = field.split('.')
+    node = after
+    for part in path:
+      node = node[part]
+    node[last] = type(node[last])(text)
+  loop.check_same_run(after, str(tmp_path))
+
+
+def test_custom_shapes_override_the_size(tokenizer_path):
+  c = recipe('gpt', tokenizer_path, **{'mesh.devices': 1})
+  config_lib.set_model(c, 'gpt', 'small')
+  config_lib.override(c, {'model.num_layers': 4, 'model.embed_dim': 512, 'model.num_heads': 8,
+                          'model.mlp_dim': 2048})
+  run = train.build(c, '/nonexistent-unused')
+  assert (run.model.num_layers, run.model.embed_dim, run.model.num_heads, run.model.mlp_dim) == (4, 512, 8, 2048)
+  # 4 layers of 12 * 512^2 weights and the tied embeddings of 1024 ids (1000 rounded up): not small's 12 x 768
+  assert 4 * 12 * 512 ** 2 + 1024 * 512 < run.n_params < 5 * 12 * 512 ** 2
+
+
+@pytest.mark.slow
+def test_a_custom_shape_trains(tokenizer_path, tmp_path):
+  c = small_run(tokenizer_path, **{'train.steps': 6, 'optimizer.learning_rate': 3e-3, 'model.dropout_rate': 0.0})
+  config_lib.set_model(c, 'gpt', 'small')
+  config_lib.override(c, {'model.num_layers': 4, 'model.embed_dim': 512, 'model.num_heads': 8,
+                          'model.mlp_dim': 2048, 'model.dropout_rate': 0.0})
+  train.train_and_evaluate(c, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  curve = [r['loss'] for r in rows if 'loss' in r]
+  assert curve[-1] < curve[0] - 0.5
+
+
+def test_a_finished_run_ends_with_its_summary(gpt_workdir):
+  out = (pathlib.Path(gpt_workdir).parent / 'stdout.txt').read_text()  # what the fixture's run printed
+  summary = out[out.index('done: steps 1-6 of 6 in '):].splitlines()
+  eval_loss = json.load(open(os.path.join(gpt_workdir, 'eval.json')))['loss']
+  assert summary[1].startswith('  train  loss ') and summary[2].startswith(f'  eval   loss {eval_loss:.4g} ')
+  assert summary[3] == f'  checkpoints  {gpt_workdir}/checkpoints (step 6)'
+  assert summary[4] == f'  metrics      {gpt_workdir}/metrics.jsonl, {gpt_workdir}/eval.json'
+  assert len(summary) == 5  # no TensorBoard line: this run wrote none
+
+
+def test_user_errors_are_one_line_and_library_bugs_keep_their_traceback():
+  def zoo_check():
+    raise ValueError('train.steps=-5 must be positive')
+  assert errors.is_user_error(_raised(zoo_check))
+  assert not errors.is_user_error(_raised(lambda: jnp.ones(3).reshape(2)))  # raised inside jax: a bug
+  assert not errors.is_user_error(_raised(lambda: [][1]))  # an IndexError is never the user's
+  assert errors.clean_message(AttributeError('\'stpes\'\nDid you mean "steps" instead of "stpes"?')) == (
+      'stpes: Did you mean "steps" instead of "stpes"?')
+
+
+def _raised(fn) -> BaseException:
+  try:
+    fn()
+  except Exception as e:  # noqa: BLE001
+    return e
+  raise AssertionError('did not raise')
+
+
+BAD_FLAGS = [
+    (['--config.train.stpes=5'], r"--config.train.stpes: no field 'stpes' .*did you mean \"steps\""),
+    (['--config.data.source=text:/nowhere/*.txt'], r"data.source: no file matches '/nowhere/\*.txt'"),
+    (['--config.data.tokenizer=/nowhere.model'], r'tokenizer file /nowhere.model does not exist'),
+    (['--config.mesh.data=3'], r'mesh.data x mesh.fsdp x mesh.tensor = 3 but there are 8 devices'),
+    (['--config.train.steps=-5'], r'train.steps=-5 must be positive'),
+    (['--config.model.dtype=float8'], r"model.dtype='float8'"),
+    (['--config.optimizer.learning_rate=fast'], r'--config.optimizer.learning_rate=fast: could not convert'),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flags,message', BAD_FLAGS, ids=[f[0].split('=')[0][9:] for f, _ in BAD_FLAGS])
+def test_train_py_mistakes_are_one_message_without_a_traceback(flags, message, tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  env.pop('ZOO_DEBUG', None)
+  proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), f'--config={ROOT}/configs/gpt.py:tiny',
+                         f'--workdir={tmp_path}', *flags], env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == cli.EXIT_USER_ERROR, proc.stderr
+  assert 'Traceback' not in proc.stderr + proc.stdout
+  import re
+  assert re.search(message, proc.stderr, flags=re.IGNORECASE), proc.stderr
+  assert proc.stderr.count('error: ') == 1
