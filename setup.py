@@ -9,14 +9,16 @@ INSTALL_REQUIRES = [
     'orbax-checkpoint>=0.12.8',
     'grain>=0.2.18',
     'sentencepiece>=0.2.3',
+    'protobuf>=7.36',  # sentencepiece's model file, read and written (tokenizer.requested_vocab_size)
     'tensorflow-datasets>=4.9.10',
+    'pyarrow>=26.0.1',  # parquet:<glob>:<column> sources
     'ml_collections>=1.1.0',
     'tensorboardX>=2.6.5',  # TensorBoard event files without TensorFlow
     'importlib_resources>=6.0',  # tensorflow-datasets needs it to prepare a local builder, and does not declare it
     'numpy>=1.26',
-    'safetensors>=0.4',
+    'safetensors>=0.4',  # HuggingFace weights in and out (zoo.convert), read as numpy: no PyTorch needed
     'matplotlib>=3.8',  # python -m zoo.plot and the notebooks' loss plots
-    'tqdm>=4.66',  # the notebooks' progress bars  # HuggingFace weights in and out (zoo.convert), read as numpy: no PyTorch needed
+    'tqdm>=4.66',  # the notebooks' progress bars
 ]
 # The reference implementation the HF parity tests compare with. The CPU build of torch 2.13 is what these
 # tests ran with on Python 3.11; elsewhere the parity tests skip (they need torch) rather than pull a CUDA build.

@@ -1,5 +1,8 @@
 """Tokenizers, sources, packing and the grain pipeline: determinism, sharding, exact resume, bad input."""
 import json
+import logging
+import math
+import re
 import subprocess
 import sys
 
@@ -72,12 +75,79 @@ def test_tokenizer_files_and_checks(tok, tmp_path):
     tk.Tokenizer.load(str(tmp_path / 'plain.model'))
 
 
-def test_vocabulary_the_corpus_cannot_support(corpus):
-  with pytest.raises(ValueError, match=r'data.vocab_size=50000 is larger than this corpus supports: set it to '
-                                       r'at most \d+'):
-    tk.train_tokenizer(corpus, vocab_size=50000)
-  with pytest.raises(ValueError, match='data.vocab_size=200 is too small'):
+def english_40kb() -> str:
+  """The first 40 KB of the default corpus: English prose too small for the default vocabularies."""
+  docs, _ = sources.read_documents('default')
+  return '\n'.join(docs).encode('utf-8')[:40_000].decode('utf-8', errors='ignore')
+
+
+def chinese_poems(lines: int = 1000, distinct: int = 4000) -> tuple[list[str], list[str]]:
+  """Quatrains of 5- or 7-character lines drawn from `distinct` CJK Unified Ideographs with Zipf frequencies
+  (the k-th most frequent ~ 1/k), as in Tang and Song poetry; and the characters, most frequent first."""
+  rng = np.random.default_rng(0)
+  chars = [chr(c) for c in rng.choice(np.arange(0x4E00, 0x9FA6), size=distinct, replace=False)]
+  p = 1 / np.arange(1, distinct + 1)
+  poems = []
+  for _ in range(lines):
+    n = int(rng.choice([5, 7]))
+    c = ''.join(chars[i] for i in rng.choice(distinct, size=4 * n, p=p / p.sum()))
+    poems.append('，'.join(c[i * n:(i + 1) * n] for i in range(4)) + '。')
+  return poems, chars
+
+
+@pytest.mark.parametrize('vocab_size', [2000, 8000])  # the tiny recipes' data.vocab_size, and zoo.config's
+def test_a_40_kb_english_file_trains_the_largest_vocabulary_it_supports(vocab_size, tmp_path, caplog):
+  (tmp_path / 'small.txt').write_text(english_40kb())
+  docs, _ = sources.read_documents(f'text:{tmp_path}/small.txt')
+  with caplog.at_level(logging.INFO, logger='zoo'):
+    tok = tk.train_tokenizer(docs, vocab_size, source='small.txt')
+  assert 1000 < tok.vocab_size < 2000 and tok.requested_vocab_size == vocab_size
+  assert (f'data.vocab_size={vocab_size} is more than this corpus supports: trained the largest vocabulary it '
+          f'does, {tok.vocab_size:,} pieces (set data.vocab_size={tok.vocab_size}') in caplog.text
+  assert f'training a {vocab_size:,}-piece unigram tokenizer on small.txt' in caplog.text
+  assert re.search(rf'done in \d+\.\d s: {tok.vocab_size:,} pieces, in memory', caplog.text)
+  assert tok.num_sentinels == 100 and tok.piece(tok.sentinel(99)) == '<extra_id_99>'
+  for text in docs[:50] + ['naïve café: ∑ ≈ Ω, 🙂 and 你好', EMOJI]:
+    ids = tok.encode(text)
+    assert tk.UNK not in ids and tok.decode(ids) == text
+
+
+@pytest.mark.parametrize('vocab_size', [2000, 8000])
+def test_chinese_poems_train_a_vocabulary_smaller_than_their_characters(vocab_size, caplog):
+  poems, chars = chinese_poems()
+  assert len(set(''.join(poems))) > 2500  # more characters than 2000 pieces hold
+  with caplog.at_level(logging.INFO, logger='zoo'):
+    tok = tk.train_tokenizer(poems, vocab_size)
+  assert tok.requested_vocab_size == vocab_size and tok.num_sentinels == 100
+  if vocab_size == 2000:  # 1,635 pieces left after the bytes and 109 reserved ids: the rarest characters go
+    assert tok.vocab_size == 2000
+    assert re.search(r'data.vocab_size=2000 leaves room for 1,2\d\d of the 2,\d{3} characters of this corpus: the '
+                     r'rarest .* are spelled in UTF-8 bytes', caplog.text)
+  else:  # every character fits; 1,000 poems support fewer than 8000 pieces
+    assert 2500 < tok.vocab_size < 8000 and 'leaves room' not in caplog.text
+  rare = [c for c in chars[::-1] if tok.piece_id(c) == tk.UNK][:10]  # the rarest characters without a piece
+  assert len(rare) == 10
+  assert sum(tok.piece(i).startswith('<0x') for i in tok.encode(''.join(rare))) == 30  # 3 UTF-8 bytes each
+  line = '床前明月光，' + ''.join(rare) + '。'
+  ids = tok.encode(line)
+  assert tk.UNK not in ids and tok.decode(ids) == line
+  assert all(tok.decode(tok.encode(p)) == p for p in poems)
+
+
+def test_vocabulary_sizes_a_corpus_cannot_support(corpus, caplog):
+  with caplog.at_level(logging.INFO, logger='zoo'):
+    tok = tk.train_tokenizer(corpus, vocab_size=50000)
+  assert 400 < tok.vocab_size < 5000 and tok.requested_vocab_size == 50000
+  assert f'data.vocab_size=50000 is more than this corpus supports: trained the largest vocabulary it does, ' \
+         f'{tok.vocab_size:,} pieces' in caplog.text
+  with pytest.raises(ValueError, match=r'^data.vocab_size=200 is too small: 109 ids are reserved for special tokens '
+                                       r'and sentinels and 256 for byte fallback; use at least 366$'):
     tk.train_tokenizer(corpus, vocab_size=200)
+  with pytest.raises(ValueError, match='data.vocab_size=365 is too small'):
+    tk.train_tokenizer(corpus, vocab_size=365)
+  tok = tk.train_tokenizer(corpus, vocab_size=366)  # the bytes, the reserved ids and '▁': all in bytes
+  assert tok.vocab_size == 366 and tok.piece(365) == tk.WORD_START
+  assert all(tok.decode(tok.encode(text)) == text for text in corpus[:20] + [ENGLISH, CHINESE, EMOJI])
 
 
 def test_tokenizer_command_line(tmp_path):
@@ -124,6 +194,60 @@ def test_jsonl_source(tmp_path):
   assert stats.bad_json_lines == 1 and stats.missing_field_lines == 1
   with pytest.raises(ValueError, match="no line of .* has the field 'text'"):
     sources.read_documents(f'jsonl:{tmp_path}/*.jsonl:text')
+
+
+def write_parquet(path, texts, row_group_size=7, **columns):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({'text': texts, **columns}), str(path), row_group_size=row_group_size)
+
+
+def test_parquet_source_streams_batches_in_order(tmp_path):
+  import pyarrow.parquet as pq
+  texts = [f'parquet document {i}: {CHINESE[i % 10:]}' for i in range(40)]
+  write_parquet(tmp_path / 'a.parquet', texts[:30] + [None, '  '], ids=list(range(32)))
+  write_parquet(tmp_path / 'b.parquet', texts[30:], ids=list(range(10)))
+  assert pq.ParquetFile(str(tmp_path / 'a.parquet')).num_row_groups == 5  # the reader crosses row groups
+  docs, stats = sources.read_parquet(str(tmp_path / '*.parquet'), 'text', batch_rows=4)
+  assert docs == texts and stats.files == 2 and stats.null_values == 1
+  assert '1 null values' in stats.report()
+  train, _ = sources.read_documents(f'parquet:{tmp_path}/*.parquet:text', validation_fraction=0.1)
+  val, _ = sources.read_documents(f'parquet:{tmp_path}/*.parquet:text', split='validation', validation_fraction=0.1)
+  assert len(val) == 4 and sorted(train + val) == sorted(texts)
+  assert train == [t for t in texts if t not in val]  # the split keeps the files' order
+
+
+def test_parquet_source_errors_name_the_path_or_column(tmp_path):
+  write_parquet(tmp_path / 'a.parquet', ['one', 'two'], ids=[1, 2])
+  (tmp_path / 'notes.parquet').write_text('not parquet')
+  with pytest.raises(ValueError, match=r"a.parquet has no column 'body'; its columns are \['text', 'ids'\]: name "
+                                       r'the column that holds the text, as parquet:<glob>:<column>'):
+    sources.read_documents(f'parquet:{tmp_path}/a.parquet:body')
+  with pytest.raises(ValueError, match=r"column 'ids' of .*a.parquet holds int64, not text"):
+    sources.read_documents(f'parquet:{tmp_path}/a.parquet:ids')
+  with pytest.raises(FileNotFoundError, match=r"data.source: no file matches '.*missing.parquet'"):
+    sources.read_documents(f'parquet:{tmp_path}/missing.parquet:text')
+  with pytest.raises(FileNotFoundError, match='data.source: no file matches'):
+    sources.read_documents(f'parquet:{tmp_path}/*.pq:text')
+  with pytest.raises(ValueError, match=r'notes.parquet is not a readable Parquet file'):
+    sources.read_documents(f'parquet:{tmp_path}/*.parquet:text')
+  with pytest.raises(ValueError, match="is not a source: use 'default'"):
+    sources.read_documents(f'parquet:{tmp_path}/a.parquet')  # no column
+
+
+def test_parquet_corpus_resumes_with_the_next_batch(corpus, tok, tmp_path):
+  write_parquet(tmp_path / 'c.parquet', corpus, row_group_size=64)
+  docs, _ = sources.read_documents(f'parquet:{tmp_path}/c.parquet:text')
+  assert docs == sources.read_documents(f'parquet:{tmp_path}/c.parquet:text')[0] and len(docs) == 396
+  it = iter(pipeline.make_dataset(docs, tok, seq_len=32, batch_size=4, seed=3))
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]
+  again = iter(pipeline.make_dataset(sources.read_documents(f'parquet:{tmp_path}/c.parquet:text')[0], tok,
+                                     seq_len=32, batch_size=4, seed=3))
+  again.set_state(state)
+  assert same(want, [next(again) for _ in range(4)])
 
 
 def test_split_is_fixed_disjoint_and_complete(tmp_path):
@@ -298,6 +422,43 @@ def test_get_tokenizer_trains_once_into_the_workdir(corpus, tmp_path):
     tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=500)
   c = tk.get_tokenizer(str(tmp_path / 'tokenizer.model'), workdir=None, documents=documents, vocab_size=0)
   assert c.vocab_size == 400
+
+
+def test_a_workdir_tokenizer_trained_smaller_than_asked_resumes(corpus, tmp_path):
+  calls = []
+
+  def documents():
+    calls.append(1)
+    return corpus
+  a = tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=5000, num_sentinels=10)
+  assert a.vocab_size < 5000 and a.requested_vocab_size == 5000
+  b = tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=5000, num_sentinels=10)
+  assert len(calls) == 1 and b.vocab_size == a.vocab_size and b.encode(ENGLISH) == a.encode(ENGLISH)
+  tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=a.vocab_size)  # what it has
+  assert len(calls) == 1
+  with pytest.raises(ValueError, match=rf'has {a.vocab_size} pieces \(trained for data.vocab_size=5000\) but '
+                                       rf'data.vocab_size is 4000: .* set data.vocab_size=5000$'):
+    tk.get_tokenizer('train', workdir=str(tmp_path), documents=documents, vocab_size=4000)
+
+
+@pytest.mark.slow  # 4 s: imports and builds the trainer
+def test_a_smaller_tokenizer_builds_a_working_model_and_resumes(tmp_path):
+  import jax
+
+  from configs import gpt
+  from zoo import train
+  (tmp_path / 'small.txt').write_text(english_40kb())
+  config = gpt.get_config('tiny')
+  config.data.source = f'text:{tmp_path}/small.txt'
+  run = train.build(config, str(tmp_path / 'work'))
+  n = run.tokenizer.vocab_size
+  assert n < config.data.vocab_size == 2000 and run.model.vocab_size == 128 * math.ceil(n / 128)
+  assert run.objective.vocab_size == n
+  tokens = np.asarray([run.tokenizer.encode(ENGLISH)[:32]], np.int32)  # every id has a row in the embedding
+  logits = jax.eval_shape(lambda p: run.model.apply({'params': p}, tokens), run.abstract_state.params)
+  assert logits.shape == (1, 32, run.model.vocab_size) and tokens.max() < n
+  again = train.build(config, str(tmp_path / 'work'))  # a resume: the workdir's tokenizer, the same model
+  assert again.tokenizer.vocab_size == n and again.model.vocab_size == run.model.vocab_size
 
 
 def test_chinese_word_boundaries_from_jieba(tok):

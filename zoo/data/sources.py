@@ -5,12 +5,13 @@
   text:<glob>                  plain-text files; one document per line, or per blank-line-separated
                                paragraph block with data.text_mode='paragraph'
   jsonl:<glob>:<field>         JSON Lines files, the text in `field`
+  parquet:<glob>:<column>      Parquet files, the text in `column`, read a record batch at a time through pyarrow
   tfds:<name>[:<field>]        a TensorFlow Datasets dataset (field 'text' by default), read from
                                data.data_dir through array_record data sources (no TensorFlow needed), or
                                through tf.data when the dataset was prepared as TFRecord and TensorFlow is there
 
 `read_documents` returns a random-access sequence of strings and a `Stats` of what was skipped or repaired:
-empty files, invalid UTF-8, over-long documents (cut into pieces, nothing dropped), bad JSON lines.
+empty files, invalid UTF-8, over-long documents (cut into pieces, nothing dropped), bad JSON lines, null values.
 Sources without their own validation split are split deterministically (the same documents every run,
 whatever the training seed).
 """
@@ -46,6 +47,7 @@ class Stats:
   split_long_documents: int = 0  # documents over max_doc_chars, cut into pieces
   bad_json_lines: int = 0  # skipped
   missing_field_lines: int = 0  # skipped
+  null_values: int = 0  # Parquet rows without text: skipped
 
   def report(self) -> str:
     issues = [f'{v} {k.replace("_", " ")}' for k, v in dataclasses.asdict(self).items()
@@ -130,6 +132,53 @@ def read_jsonl(pattern: str, field: str, max_doc_chars: int = 100_000) -> tuple[
   if stats.missing_field_lines and not docs:
     raise ValueError(f'data.source: no line of {pattern} has the field {field!r}; name the JSON field that '
                      f'holds the text, as jsonl:<glob>:<field>')
+  return docs, stats
+
+
+_TEXT_TYPES = ('string', 'large_string', 'string_view', 'binary', 'large_binary', 'binary_view')
+
+
+def read_parquet(pattern: str, column: str, max_doc_chars: int = 100_000,
+                 batch_rows: int = 4096) -> tuple[list[str], Stats]:
+  """The text in `column` of Parquet files, read one record batch of that column at a time: a big file is
+  never loaded whole, and the other columns are not read."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  stats, docs = Stats(source=f'parquet:{pattern}:{column}'), []
+  for path in _expand(pattern):
+    stats.files += 1
+    try:
+      f = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+      raise ValueError(f'data.source: {path} is not a readable Parquet file ({e}); point the glob at .parquet '
+                       f'files') from None
+    schema = f.schema_arrow
+    if column not in schema.names:
+      raise ValueError(f'data.source: {path} has no column {column!r}; its columns are {schema.names}: name the '
+                       f'column that holds the text, as parquet:<glob>:<column>')
+    kind = str(schema.field(column).type)
+    if kind not in _TEXT_TYPES:
+      raise ValueError(f'data.source: column {column!r} of {path} holds {kind}, not text: name a string column, '
+                       f'as parquet:<glob>:<column>')
+    if f.metadata.num_rows == 0:
+      stats.empty_files += 1
+      log.warning('%s has no rows: skipped', path)
+      continue
+    try:
+      for batch in f.iter_batches(batch_size=batch_rows, columns=[column]):
+        for value in batch.column(0).to_pylist():
+          if value is None:
+            stats.null_values += 1
+            continue
+          if isinstance(value, bytes):
+            try:
+              value = value.decode('utf-8')
+            except UnicodeDecodeError:
+              stats.invalid_utf8_lines += 1
+              value = value.decode('utf-8', errors='replace')
+          _add(docs, value, stats, max_doc_chars)
+    except (pa.ArrowException, OSError) as e:
+      raise ValueError(f'data.source: reading {path} failed ({e}); the file may be truncated or corrupt') from None
   return docs, stats
 
 
@@ -268,9 +317,12 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
   elif kind == 'jsonl' and rest.count(':') >= 1:
     pattern, _, field = rest.rpartition(':')
     docs, stats = read_jsonl(pattern, field, max_doc_chars)
+  elif kind == 'parquet' and rest.count(':') >= 1:
+    pattern, _, column = rest.rpartition(':')
+    docs, stats = read_parquet(pattern, column, max_doc_chars)
   else:
     raise ValueError(f"data.source={source!r} is not a source: use 'default', 'text:<glob>', "
-                     f"'jsonl:<glob>:<field>' or 'tfds:<name>[:<field>]'")
+                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>' or 'tfds:<name>[:<field>]'")
   if not docs:
     raise ValueError(f'data.source={source!r} holds no text ({stats.report()}): point it at non-empty files')
   train, val = split_indices(len(docs), validation_fraction)

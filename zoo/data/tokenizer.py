@@ -9,6 +9,11 @@ Ids every zoo tokenizer shares (the objectives rely on them):
 characters); normalization is the identity, so decode(encode(text)) == text exactly. A piece that starts
 with '▁' starts a word: that gives whole-word masking its boundaries for space-separated languages.
 
+Any corpus trains at any size from 256 + the reserved ids + 1: a vocabulary too small for all of a corpus's
+characters (Chinese has thousands) keeps the most frequent and spells the rest in UTF-8 bytes, and a corpus too
+small for the vocabulary gets the largest one it supports (logged; `requested_vocab_size` remembers the size
+asked for, so a resumed run still recognizes its tokenizer).
+
 Train from the command line:
 
   python -m zoo.data.tokenizer --source='text:corpus/*.txt' --output=spm.model --vocab_size=8000
@@ -24,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import re
+import time
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -35,6 +42,8 @@ SPECIALS = ('[PAD]', '[UNK]', '[BOS]', '[EOS]', '[CLS]', '[SEP]', '[MASK]', '[so
 PAD, UNK, BOS, EOS, CLS, SEP, MASK, SOP, EOP = range(len(SPECIALS))
 FIRST_SENTINEL = len(SPECIALS)
 WORD_START = '\u2581'  # '▁'
+
+log = logging.getLogger('zoo')
 
 
 _SENTENCE_END = re.compile(r'[.!?]+[\'")\]]*(?=\s)|[。！？；]+[”’」』）]*|\n[ \t]*\n')
@@ -124,6 +133,12 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
+  @property
+  def requested_vocab_size(self) -> int:
+    """The vocabulary size it was trained for: more than vocab_size when its corpus supported fewer pieces."""
+    from sentencepiece import sentencepiece_model_pb2
+    return max(sentencepiece_model_pb2.ModelProto.FromString(self._proto).trainer_spec.vocab_size, self.vocab_size)
+
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
@@ -181,33 +196,91 @@ class Tokenizer:
     self.__init__(state['model_proto'], state['path'])
 
 
+_CUT = '\ue000'  # rare characters become this in training: a pretokenization delimiter, no piece spans it
+
+
+def _char_counts(lines: Iterable[str]) -> tuple[np.ndarray, int]:
+  """Per code point, how often it occurs in `lines` as SentencePiece counts it (a space, and the start of each
+  line, as '▁'); and the number of lines."""
+  counts, chunk, size, n = np.zeros(0x110000, np.int64), [], 0, 0
+
+  def add(text):
+    counts[:] += np.bincount(np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32),
+                             minlength=0x110000)
+  for line in lines:
+    chunk.append(line)
+    size, n = size + len(line), n + 1
+    if size > 1 << 22:
+      add(''.join(chunk))
+      chunk, size = [], 0
+  add(''.join(chunk))
+  counts[ord(WORD_START)] += counts[ord(' ')] + n
+  counts[ord(' ')] = counts[0] = 0
+  return counts, n
+
+
+def _rare_characters(counts: np.ndarray, room: int, coverage: float) -> tuple[np.ndarray, int]:
+  """The characters to leave out of training (they are spelled in bytes), so that those SentencePiece needs
+  at `coverage` fit in `room` pieces and leave a quarter of them for longer pieces; and how many there are."""
+  chars = np.nonzero(counts)[0]
+  chars = chars[np.lexsort((chars, -counts[chars]))]  # SentencePiece's order: most frequent first
+  cum = np.cumsum(counts[chars])
+  needed = 1 + int(np.sum(cum[:-1] / max(cum[-1], 1) < np.float32(coverage))) if len(chars) else 0
+  cap = max(room - room // 4, 1)
+  if needed <= cap:
+    return chars[:0], len(chars)
+  rest = chars[chars != ord(WORD_START)]  # '▁' starts every line: always kept
+  return rest[cap - 1:], len(chars)
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
                     num_sentinels: int = 100, path: str | None = None, character_coverage: float = 0.9995,
                     max_sentence_chars: int = 16384, input_sentence_size: int = 2_000_000,
-                    seed_field: str = 'data.vocab_size') -> Tokenizer:
+                    seed_field: str = 'data.vocab_size', source: str = '') -> Tokenizer:
   """Trains a SentencePiece model ('unigram' or 'bpe') on `texts` (one string per document or line).
 
-  Lines longer than max_sentence_chars are cut into pieces (SentencePiece would skip them). If the corpus
-  cannot support `vocab_size`, the error says the largest size it can.
+  Lines longer than max_sentence_chars are cut into pieces (SentencePiece would skip them). A corpus that
+  supports fewer than `vocab_size` pieces gets as many as it supports (logged). When the characters that
+  `character_coverage` asks for would not leave a quarter of the vocabulary for longer pieces (Chinese, with
+  thousands of characters), the rarest are left out of training: byte fallback spells them in UTF-8 bytes.
   """
   if model_type not in ('unigram', 'bpe'):
     raise ValueError(f"tokenizer model_type must be 'unigram' or 'bpe', got {model_type!r}")
   reserved = len(SPECIALS) + num_sentinels
-  if vocab_size < reserved + 256 + 8:
+  room = vocab_size - reserved - 256  # pieces left for characters and longer pieces
+  if room < 1:
     raise ValueError(f'{seed_field}={vocab_size} is too small: {reserved} ids are reserved for special '
-                     f'tokens and sentinels and 256 for byte fallback; use at least {reserved + 256 + 8}')
+                     f'tokens and sentinels and 256 for byte fallback; use at least {reserved + 256 + 1}')
+  if not isinstance(texts, Sequence):
+    texts = list(texts)  # read twice: characters first, then training
 
-  def lines():
+  def lines(translate=None):
     for text in texts:
       for line in text.split('\n'):
         for i in range(0, len(line), max_sentence_chars):
-          if line[i:i + max_sentence_chars].strip():
-            yield line[i:i + max_sentence_chars]
+          piece = line[i:i + max_sentence_chars]
+          if piece.strip():
+            yield piece.translate(translate) if translate else piece
 
+  counts, n_lines = _char_counts(lines())
+  if not n_lines:
+    raise ValueError('the corpus has no text to train a tokenizer on')
+  rare, n_chars = _rare_characters(counts, room, character_coverage)
+  if len(rare):
+    log.info('%s=%d leaves room for %s of the %s characters of this corpus: the rarest %s (%.1f%% of the text) '
+             'are spelled in UTF-8 bytes (byte fallback)', seed_field, vocab_size, f'{n_chars - len(rare):,}',
+             f'{n_chars:,}', f'{len(rare):,}', 100 * counts[rare].sum() / counts.sum())
+    character_coverage = 1.0
+  where = source or f'{len(texts):,} document(s)'
+  log.info('training a %s-piece %s tokenizer on %s (%s characters) ...', f'{vocab_size:,}', model_type, where,
+           f'{int(counts.sum()):,}')
+  start = time.perf_counter()
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        sentence_iterator=lines(dict.fromkeys(rare.tolist(), _CUT) if len(rare) else None),
+        pretokenization_delimiter=_CUT if len(rare) else '',
+        model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False, model_type=model_type,
         pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK],
         bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
         user_defined_symbols=list(SPECIALS[4:]) + [f'<extra_id_{i}>' for i in range(num_sentinels)],
@@ -218,26 +291,31 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
   except RuntimeError as e:
     m = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
     if m:
-      raise ValueError(f'{seed_field}={vocab_size} cannot hold every character of this corpus: set it to at '
-                       f'least {m.group(1)}') from None
-    m = re.search(r'value <= (\d+)', str(e))
-    if m:
-      raise ValueError(f'{seed_field}={vocab_size} is larger than this corpus supports: set it to at most '
-                       f'{m.group(1)}, or add text') from None
-    if 'no sentences' in str(e).lower() or 'empty' in str(e).lower():
-      raise ValueError('the corpus has no text to train a tokenizer on') from None
+      raise ValueError(f'{seed_field}={vocab_size} cannot hold the characters of this corpus: set it to at '
+                       f'least {m.group(1)}, or lower the character coverage') from None
     raise
-  tok = Tokenizer(model.getvalue())
+  proto = model.getvalue()
+  tok = Tokenizer(proto)
+  if tok.vocab_size < vocab_size:  # keep what was asked in the file, so that a resumed run recognizes it
+    from sentencepiece import sentencepiece_model_pb2
+    m = sentencepiece_model_pb2.ModelProto.FromString(proto)
+    m.trainer_spec.vocab_size = vocab_size
+    tok = Tokenizer(m.SerializeToString())
+    log.info('%s=%d is more than this corpus supports: trained the largest vocabulary it does, %s pieces (set '
+             '%s=%d to ask for exactly that, or add text)', seed_field, vocab_size, f'{tok.vocab_size:,}',
+             seed_field, tok.vocab_size)
   if path:
     tok.save(path)
+  log.info('done in %.1f s: %s pieces, %s', time.perf_counter() - start, f'{tok.vocab_size:,}', path or 'in memory')
   return tok
 
 
 def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Iterable[str]], vocab_size: int,
                   model_type: str = 'unigram', num_sentinels: int = 100,
-                  model_vocab_size: int | None = None) -> Tokenizer:
+                  model_vocab_size: int | None = None, source: str = '') -> Tokenizer:
   """The recipe's `data.tokenizer`: a SentencePiece .model path, or 'train' to train one on `documents()`
-  once and keep it as workdir/tokenizer.model (a rerun, a resume and evaluation load that file)."""
+  once and keep it as workdir/tokenizer.model (a rerun, a resume and evaluation load that file). `source` names
+  the documents in the log."""
   if spec != 'train':
     return Tokenizer.load(spec, model_vocab_size)
   if not workdir:
@@ -245,12 +323,15 @@ def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Ite
   path = os.path.join(workdir, 'tokenizer.model')
   if os.path.exists(path):
     tok = Tokenizer.load(path, model_vocab_size)
-    if tok.vocab_size != vocab_size:
-      raise ValueError(f'{path} has {tok.vocab_size} pieces but data.vocab_size is {vocab_size}: this workdir '
-                       f'belongs to another run; use a new --workdir, or set data.vocab_size={tok.vocab_size}')
+    asked = tok.requested_vocab_size
+    if vocab_size not in (asked, tok.vocab_size):
+      trained = f' (trained for data.vocab_size={asked})' if asked != tok.vocab_size else ''
+      raise ValueError(f'{path} has {tok.vocab_size} pieces{trained} but data.vocab_size is {vocab_size}: this '
+                       f'workdir belongs to another run; use a new --workdir, or set data.vocab_size={asked}')
     return tok
   os.makedirs(workdir, exist_ok=True)
-  tok = train_tokenizer(documents(), vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path)
+  tok = train_tokenizer(documents(), vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
+                        source=source)
   if model_vocab_size is not None:
     tok.check_vocab_size(model_vocab_size)
   return tok
@@ -260,18 +341,20 @@ def main(argv=None):
   from zoo.data import sources  # the CLI reads any source zoo knows
   parser = argparse.ArgumentParser(prog='python -m zoo.data.tokenizer', description=__doc__.split('\n')[0])
   parser.add_argument('--source', default='default',
-                      help="'default', 'text:<glob>', 'jsonl:<glob>:<field>' or 'tfds:<name>[:<field>]'")
+                      help="'default', 'text:<glob>', 'jsonl:<glob>:<field>', 'parquet:<glob>:<column>' or "
+                           "'tfds:<name>[:<field>]'")
   parser.add_argument('--output', required=True, help='path of the .model file to write')
   parser.add_argument('--vocab_size', type=int, default=8000)
   parser.add_argument('--model_type', choices=('unigram', 'bpe'), default='unigram')
   parser.add_argument('--num_sentinels', type=int, default=100)
   parser.add_argument('--data_dir', default=None, help='TFDS data_dir')
   args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(message)s')
   try:
     docs, stats = sources.read_documents(args.source, split='train', data_dir=args.data_dir)
     print(stats.report())
     tok = train_tokenizer(docs, args.vocab_size, model_type=args.model_type, num_sentinels=args.num_sentinels,
-                          path=args.output, seed_field='--vocab_size')
+                          path=args.output, seed_field='--vocab_size', source=args.source)
   except (ValueError, FileNotFoundError) as e:
     parser.exit(2, f'error: {e}\n')
   print(f'wrote {args.output}: {tok.vocab_size} pieces ({args.model_type}), {tok.num_sentinels} sentinels')

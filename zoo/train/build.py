@@ -102,7 +102,7 @@ def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
   d = config.data
   get = lambda: tk.get_tokenizer(  # noqa: E731
       d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
-      num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'))
+      num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source)
   if jax.process_count() == 1 or d.tokenizer != 'train':
     return get()
   from jax.experimental import multihost_utils
