@@ -1,16 +1,20 @@
 """The notebook API: zoo.load restores a checkpoint trained on 8 devices onto 1 device (or another mesh) with the
-same eval loss; zoo.evaluate and zoo.generate use it; `python -m zoo.sample` samples from a workdir."""
+same eval loss; zoo.evaluate and zoo.generate use it; `python -m zoo.sample` prints prompt + zoo.generate's text;
+a continuation keeps its space; ids past the tokenizer are never sampled."""
+import dataclasses
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 import zoo
+from zoo import api, decoding, sample
 from zoo.data import tokenizer as tk
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -18,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
-  recorded = json.load(open(os.path.join(gpt_workdir, 'eval.json')))
+  with open(os.path.join(gpt_workdir, 'eval.json')) as f:
+    recorded = json.load(f)
   loaded = zoo.load(gpt_workdir, devices=1)
   assert loaded.step == 6 and loaded.family == 'gpt'
   assert {d for x in jax.tree.leaves(loaded.params) for d in x.devices()} == {jax.devices()[0]}
@@ -30,13 +35,52 @@ def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
   assert any(t for t in texts)
 
 
-def test_ids_past_the_tokenizer_are_not_decoded(gpt_workdir):
-  from zoo import api
+# The sampling tests share prompts of one length (2 tokens) and settings: one compilation of the decoder.
+PROMPTS = ['The module', 'The ', 'It is']
+SETTINGS = {'max_new': 6, 'temperature': 3.0, 'top_k': 20}
+
+
+def test_a_model_larger_than_its_tokenizer_never_samples_past_it(gpt_workdir):
   loaded = zoo.load(gpt_workdir, devices=1)
-  n = loaded.tokenizer.vocab_size
-  assert loaded.model.vocab_size > n  # rounded up to a multiple of 128
-  ids = loaded.tokenizer.encode('The end')
-  assert api._text(loaded.tokenizer, ids + [n, n + 5] + ids, stop=tk.EOS) == loaded.tokenizer.decode(ids + ids)
+  tok, n = loaded.tokenizer, loaded.tokenizer.vocab_size
+  assert loaded.model.vocab_size > n  # rounded up to a multiple of 128: 24 ids past the tokenizer
+  # the last hidden state is u (the final norm's scale 0) and the rows past the tokenizer are 4u: their logits
+  # (u . 4u = 64) are far above the others (u . e, e a trained row), so an unmasked decoder draws only them
+  params = jax.tree.map(lambda x: x, loaded.params)
+  u = jnp.full(params['final_norm']['bias'].shape, 0.5)
+  params['final_norm'] = {'scale': jnp.zeros_like(u), 'bias': u}
+  embed = params['token_embed']['embedding']
+  params['token_embed']['embedding'] = embed.at[n:].set(4 * u.astype(embed.dtype))
+  prompt = jnp.asarray([tok.encode(p) for p in PROMPTS], jnp.int32)
+  out = np.asarray(decoding.sample_lm(loaded.model, params, prompt, jax.random.key(1), SETTINGS['max_new'],
+                                      SETTINGS['temperature'], SETTINGS['top_k'], 1.0, vocab_size=n))
+  assert out.shape == (3, 6) and out.max() < n
+  # zoo.generate passes the tokenizer's size (an id past it would not decode: SentencePiece raises)
+  assert len(zoo.generate(dataclasses.replace(loaded, params=params), PROMPTS, **SETTINGS)) == 3
+
+
+def test_a_continuation_keeps_its_space(tokenizer_path):
+  tok = tk.Tokenizer.load(tokenizer_path)
+  ids = tok.encode('A dpkg trigger there')
+  for prompt, want in (('A dpkg trigger', ' there'), ('A dpkg trigger the', 're')):
+    head = tok.encode(prompt)
+    assert ids[:len(head)] == head and tok.decode(head) == prompt
+    new = ids[len(head):]
+    assert tok.decode(new) == want.lstrip()  # decoded alone, SentencePiece drops the word's space
+    assert api._text(tok, new + [tk.EOS, 300], tk.EOS, prompt, head) == want
+    assert prompt + want == tok.decode(ids)
+
+
+def _loaded(family):
+  config = ml_collections.ConfigDict({'model': {'family': family}})
+  return api.Loaded(model=None, params=None, tokenizer=None, config=config, step=0, run=None)
+
+
+def test_full_text_for_each_kind():
+  assert api.full_text(_loaded('gpt'), 'The', ' end') == 'The end'
+  assert api.full_text(_loaded('glm'), 'The [MASK] ends.', 'story') == 'The story ends.'
+  assert api.full_text(_loaded('glm'), 'The', ' end') == 'The end'
+  assert api.full_text(_loaded('t5'), 'Translate: hi', 'salut') == 'Translate: hi -> salut'
 
 
 def test_load_refuses_what_is_not_a_workdir(gpt_workdir, tmp_path):
@@ -46,10 +90,10 @@ def test_load_refuses_what_is_not_a_workdir(gpt_workdir, tmp_path):
     zoo.load(gpt_workdir, step=99)
 
 
-def test_generate_cli(gpt_workdir):
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  out = subprocess.run([sys.executable, '-m', 'zoo.sample', f'--workdir={gpt_workdir}', '--prompt=The ',
-                        '--max_new=5', '--temperature=0.8', '--top_k=20'], capture_output=True, text=True, env=env,
-                       cwd=str(ROOT), timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.strip().startswith('The ')
+def test_the_cli_prints_each_prompt_with_what_generate_returns(gpt_workdir, capsys):
+  sample.main([f'--workdir={gpt_workdir}', '--devices=1', *[f'--{k}={v}' for k, v in SETTINGS.items()], '--seed=3',
+               *[f'--prompt={p}' for p in PROMPTS]])
+  printed = capsys.readouterr().out
+  texts = zoo.generate(zoo.load(gpt_workdir, devices=1), PROMPTS, **SETTINGS, seed=3)
+  assert any(texts)
+  assert printed == ''.join(f'{p}{t}\n' for p, t in zip(PROMPTS, texts))

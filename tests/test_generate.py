@@ -1,5 +1,6 @@
 """Generation: cached decoding equals full forward passes; top-k / top-p never leave their sets; temperature
-0 is greedy."""
+0 is greedy; ids past the tokenizer are never picked."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,62 @@ def test_top_k_and_top_p_never_sample_outside_their_sets():
   assert set(np.unique(tiny_p)) == {0}  # the nucleus keeps at least the top token
   greedy = jax.random.categorical(keys[2], decoding.filter_logits(logits, temperature=0.0))
   assert set(np.unique(greedy)) == {0}
+
+
+_FILTERS = ({'temperature': 0.0}, {'temperature': 3.0}, {'top_k': 3}, {'top_p': 0.7})
+
+
+def test_ids_past_vocab_size_are_never_picked():
+  # the likeliest ids are the last ones: every pick below 5 of 7 is one the mask made
+  logits = jnp.log(jnp.array([0.02, 0.03, 0.05, 0.1, 0.15, 0.25, 0.4]))[None].repeat(2000, 0)
+  picks = jax.jit(lambda key: jnp.stack([jax.random.categorical(key, decoding.filter_logits(logits, **kw,
+                                                                                            vocab_size=v))
+                                         for kw in _FILTERS for v in (None, 5)]))
+  unmasked, masked = np.asarray(picks(jax.random.key(0))).reshape(len(_FILTERS), 2, -1).transpose(1, 0, 2)
+  assert (unmasked >= 5).any(axis=1).all()  # without the mask, ids 5 and 6 are drawn by every filter
+  assert masked.max() < 5
+  assert set(np.unique(masked[0])) == {4}  # greedy: the argmax of the ids left
+
+
+class _Biased(nn.Module):
+  """A model of every kind decoding.py drives (LM, encoder-decoder, GLM) with a decode cache, whose logits are
+  0, 1, ..., 15: the highest ids win (each of 10..15 together is > 99% likely at temperature 2) unless masked."""
+  vocab_size: int = 16
+
+  def __call__(self, *args, decode=False, **kwargs):
+    return self.decode(args[-1], decode=decode)
+
+  def encode(self, tokens):
+    return jnp.zeros((*tokens.shape, 4))
+
+  @nn.compact
+  def decode(self, targets, *args, decode=False, **kwargs):
+    if decode:
+      self.variable('cache', 'steps', lambda: jnp.zeros((), jnp.int32))
+    bias = self.param('bias', lambda key: jnp.arange(self.vocab_size, dtype=jnp.float32))
+    return jnp.broadcast_to(bias, (*targets.shape, self.vocab_size))
+
+
+@pytest.mark.parametrize('kind', ['lm', 'lm greedy', 'seq2seq', 'glm', 'beam'])
+def test_every_decoder_masks_ids_past_vocab_size(kind):
+  model, n = _Biased(), 10  # 16 outputs, a "tokenizer" of 10 ids
+  tokens = jnp.full((4, 3), 5, jnp.int32)
+  params = model.init(jax.random.key(0), tokens, tokens)['params']
+  key = jax.random.key(1)
+  if kind == 'beam':
+    out, scores = decoding.beam_search(model, params, tokens, 6, num_beams=3, alpha=0.0, eos_id=-1, vocab_size=n)
+    best = jax.nn.log_softmax(jnp.arange(n, dtype=jnp.float32))[-1] * 6  # log-probabilities over the n ids
+    np.testing.assert_allclose(scores, np.full(4, best), rtol=1e-5)
+  elif kind.startswith('lm'):
+    out = decoding.sample_lm(model, params, tokens, key, 6, 0.0 if 'greedy' in kind else 2.0, eos_id=-1,
+                             vocab_size=n)
+  elif kind == 'seq2seq':
+    out = decoding.sample_seq2seq(model, params, tokens, key, 6, 2.0, top_p=0.9, eos_id=-1, vocab_size=n)
+  else:
+    out = decoding.sample_glm(model, params, tokens, key, 6, temperature=2.0, top_k=8, eos_id=-1, vocab_size=n)
+  out = np.asarray(out)
+  assert out.shape == (4, 6) and out.max() < n
+  assert (out == n - 1).any()  # the likeliest id left
 
 
 @pytest.mark.slow

@@ -5,7 +5,10 @@
 >>> zoo.evaluate(run)['loss']  # doctest: +SKIP
 4.35
 >>> zoo.generate(run, 'The module', max_new=20, temperature=0.8, top_p=0.9)  # doctest: +SKIP
-['The module ...']
+[' is ...']
+
+`zoo.generate` returns the new text only, without the prompt (as HF pipelines' return_full_text=False);
+`full_text(run, prompt, text)` puts them together, and is what `python -m zoo.sample` prints.
 
 `load` reads a workdir that train.py (or `train_and_evaluate`) wrote, or one of its checkpoints/<step>
 directories, and places the parameters on the devices present (any count, any mesh), whatever topology trained
@@ -147,16 +150,24 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
              top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, alpha: float = 0.6, seed: int = 0) -> list[str]:
   """Continue each prompt (GPT, the RNN LMs), answer it (T5, BART, the RNN encoder-decoder: beam search with
   num_beams > 1) or fill its blank (GLM: the text's '[MASK]', or one appended at the end). temperature 0 is
-  greedy. Returns the generated texts (without the prompt).
+  greedy; ids past the tokenizer (the embedding's padding rows) are never drawn.
+
+  Returns the new text of each prompt, without the prompt. A continuation (or a blank) is decoded together with
+  the text before it, so it keeps its leading space: `prompt + text` is the decoded prompt and continuation
+  (exactly, whenever the prompt's tokens decode back to the prompt), and `full_text` (what `python -m zoo.sample`
+  prints) is `prompt + text`. An answer is decoded on its own.
 
   >>> generate(load('workdir/gpt'), ['def ', 'The '], max_new=10, temperature=0.7, top_k=40)  # doctest: +SKIP
   ['__init__(self', 'value of the']
   """
   tok = loaded.tokenizer
   if isinstance(tok, hft.HFTokenizer):
-    return [tok.decode(row, skip_special_tokens=True) for row in generate_ids(
-        loaded, prompts, max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-        alpha=alpha, seed=seed)]
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    rows = generate_ids(loaded, prompts, max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                        num_beams=num_beams, alpha=alpha, seed=seed)
+    if models.is_encoder_decoder(loaded.family):
+      return [tok.decode(row, skip_special_tokens=True) for row in rows]
+    return [_continuation(tok.decode, p, tok.encode(p, add_special_tokens=True), row) for p, row in zip(prompts, rows)]
   if tok is None:
     raise ValueError(f'this {loaded.family} model has no tokenizer (its zoo model directory has no '
                      f'hf_tokenizer/ that zoo can read): tokenize yourself and use zoo.decoding.sample_lm / '
@@ -166,6 +177,7 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
   rng = jax.random.key(seed)
   glm = models.kind(family) == models.BLANK_INFILLING
   stop = tk.EOP if glm else tk.EOS
+  n = tok.vocab_size
   _check_family(family, num_beams)
   if models.is_encoder_decoder(family):
     ids = [tok.encode(p) + [tk.EOS] for p in prompts]
@@ -173,10 +185,11 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
     for i, x in enumerate(ids):
       src[i, :len(x)] = x
     if num_beams > 1:
-      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start_id(loaded.config))
+      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start_id(loaded.config),
+                               vocab_size=n)
     else:
       out = gen.sample_seq2seq(model, params, jnp.asarray(src), rng, max_new, temperature, top_k, top_p,
-                               start_id(loaded.config))
+                               start_id(loaded.config), vocab_size=n)
     return [_text(tok, row, stop) for row in np.asarray(out)]
   results = [''] * len(prompts)
   encoded = [_glm_context(tok, p) if glm else tok.encode(p) for p in prompts]
@@ -188,15 +201,31 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
     if glm:
       ctx = jnp.asarray([encoded[i][0] for i in rows], jnp.int32)
       out = gen.sample_glm(model, params, ctx, key, max_new, jnp.asarray([encoded[i][1] for i in rows], jnp.int32),
-                           temperature, top_k, top_p)
+                           temperature, top_k, top_p, vocab_size=n)
     else:
       if length == 0:
         raise ValueError('an empty prompt: give at least one character')
       out = gen.sample_lm(model, params, jnp.asarray([encoded[i] for i in rows], jnp.int32), key, max_new,
-                          temperature, top_k, top_p)
+                          temperature, top_k, top_p, vocab_size=n)
     for i, row in zip(rows, np.asarray(out)):
-      results[i] = _text(tok, row, stop)
+      if glm:  # the blank after the text before the [MASK]
+        ids, at = encoded[i]
+        results[i] = _text(tok, row, stop, prompts[i].partition('[MASK]')[0], ids[:at])
+      else:
+        results[i] = _text(tok, row, stop, prompts[i], encoded[i])
   return results
+
+
+def full_text(loaded: Loaded, prompt: str, text: str) -> str:
+  """A prompt with what `generate` returned for it, as `python -m zoo.sample` prints it: prompt + text for the
+  decoders, the prompt with its [MASK] filled for GLM (prompt + text when it has none), 'prompt -> text' for the
+  encoder-decoders (an answer, not a continuation)."""
+  if models.is_encoder_decoder(loaded.family):
+    return f'{prompt} -> {text}'
+  if models.kind(loaded.family) == models.BLANK_INFILLING:
+    before, _, after = prompt.partition('[MASK]')
+    return before + text + after
+  return prompt + text
 
 
 def _check_family(family: str, num_beams: int) -> None:
@@ -212,8 +241,9 @@ def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int =
                   top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, alpha: float = 0.6,
                   seed: int = 0) -> list[list[int]]:
   """`generate` with a HuggingFace tokenizer, before decoding: the new token ids of each prompt, up to (not
-  including) the tokenizer's eos. Prompts are encoded as `hf_tokenizer(prompt)` does (special tokens added:
-  T5's </s>, appended if the tokenizer does not add it); T5's decoder starts at decoder_start_id (pad)."""
+  including) the tokenizer's eos, never an id past the tokenizer. Prompts are encoded as `hf_tokenizer(prompt)`
+  does (special tokens added: T5's </s>, appended if the tokenizer does not add it); T5's decoder starts at
+  decoder_start_id (pad)."""
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   tok, model, params, family = loaded.tokenizer, loaded.model, loaded.params, loaded.family
   _check_family(family, num_beams)
@@ -232,10 +262,11 @@ def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int =
     for i, x in enumerate(encoded):
       src[i, :len(x)] = x
     if num_beams > 1:
-      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start, eos)
+      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start, eos,
+                               vocab_size=tok.vocab_size)
     else:
       out = gen.sample_seq2seq(model, params, jnp.asarray(src), rng, max_new, temperature, top_k, top_p, start,
-                               eos)
+                               eos, vocab_size=tok.vocab_size)
     return [cut(row) for row in np.asarray(out)]
   results: list[list[int]] = [[] for _ in prompts]
   by_length: dict[int, list[int]] = {}
@@ -246,7 +277,7 @@ def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int =
   for rows in by_length.values():
     rng, key = jax.random.split(rng)
     out = gen.sample_lm(model, params, jnp.asarray([encoded[i] for i in rows], jnp.int32), key, max_new,
-                        temperature, top_k, top_p, eos)
+                        temperature, top_k, top_p, eos, vocab_size=tok.vocab_size)
     for i, row in zip(rows, np.asarray(out)):
       results[i] = cut(row)
   return results
@@ -258,13 +289,27 @@ def _glm_context(tok, prompt: str) -> tuple[list[int], int]:
   return ids, len(tok.encode(before))
 
 
-def _text(tok, row, stop: int) -> str:
-  row = list(row)
+def _text(tok, row, stop: int, prompt: str = '', prompt_ids: Sequence[int] = ()) -> str:
+  """The text of a generated row of zoo ids, up to `stop`, without the special tokens ([UNK] kept), after the
+  prompt (see `_continuation`). Ids past the tokenizer cannot be here: the decoding functions mask them."""
+  row = [int(t) for t in row]
   if stop in row:
     row = row[:row.index(stop)]
-  # ids past the tokenizer's pieces are the embedding's padding rows (model.vocab_size is rounded up to a
-  # multiple of 128): an untrained model can still draw them, and there is no text for them
-  return tok.decode([int(t) for t in row if (t > tk.EOP or t == tk.UNK) and t < tok.vocab_size])
+  return _continuation(tok.decode, prompt, prompt_ids, [t for t in row if t > tk.EOP or t == tk.UNK])
+
+
+def _continuation(decode, prompt: str, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
+  """The text `ids` add after `prompt` (whose tokens are prompt_ids): decoded together with the prompt's ids,
+  then cut after the prompt, so that a continuation that starts a word keeps its space (SentencePiece drops the
+  leading '▁' of a text decoded on its own). prompt + result == decode(prompt_ids + ids) whenever that decoding
+  starts with the prompt; otherwise (a prompt that does not round-trip) the text after the decoded prompt."""
+  if not len(prompt_ids):
+    return decode(list(ids))
+  whole = decode([*prompt_ids, *ids])
+  if whole.startswith(prompt):
+    return whole[len(prompt):]
+  head = decode(list(prompt_ids))
+  return whole[len(head):] if whole.startswith(head) else decode(list(ids))
 
 
 def train_and_evaluate(config, workdir: str, callback=None) -> dict:

@@ -4,6 +4,10 @@
   GLM filling a blank. Each is greedy at temperature 0, else samples with temperature, top-k and top-p.
 - `beam_search`: the encoder-decoders, with GNMT's length penalty.
 
+Each takes `vocab_size`, the number of ids the tokenizer can decode: the logits of the ids past it (the
+embedding's padding rows, model.vocab_size being rounded up to a multiple of 128) are masked before any choice,
+so they are never picked. It is static: one compilation per value, and a loaded model always passes the same.
+
 These work on token ids. `zoo.generate(loaded, prompts)` (zoo.api) goes from text to text with a trained run's
 tokenizer, and `python -m zoo.sample --workdir=DIR --prompt="..."` does so from the command line.
 
@@ -27,14 +31,23 @@ from zoo.data import tokenizer as tk
 _NEG = -1e30
 
 
-def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+def mask_past(logits, vocab_size: int | None):
+  """Logits [..., V] with the ids >= vocab_size set to -inf-ish (none when vocab_size is None or >= V)."""
+  if vocab_size is None or vocab_size >= logits.shape[-1]:
+    return logits
+  return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, jnp.asarray(_NEG, logits.dtype))
+
+
+def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  vocab_size: int | None = None):
   """Logits [..., V] scaled by 1/temperature, with every token outside the top k, or outside the smallest set
-  whose probability reaches top_p (the nucleus), set to -inf-ish. temperature 0 keeps only the argmax."""
+  whose probability reaches top_p (the nucleus), or past vocab_size, set to -inf-ish. temperature 0 keeps only
+  the argmax (of the ids below vocab_size)."""
   logits = logits.astype(jnp.float32)
   if temperature == 0.0:
-    best = jnp.argmax(logits, axis=-1)[..., None]
+    best = jnp.argmax(mask_past(logits, vocab_size), axis=-1)[..., None]
     return jnp.where(jnp.arange(logits.shape[-1]) == best, 0.0, _NEG)
-  logits = logits / temperature
+  logits = mask_past(logits / temperature, vocab_size)  # after the scaling: -1e30 / a small temperature is -inf
   if top_k > 0:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, _NEG, logits)
@@ -48,19 +61,20 @@ def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float
   return logits
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'temperature', 'top_k', 'top_p', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'temperature', 'top_k', 'top_p', 'eos_id',
+                                             'vocab_size'))
 def sample_lm(model, params, prompt, rng, max_new: int, temperature: float = 1.0, top_k: int = 0,
-              top_p: float = 1.0, eos_id: int = tk.EOS):
+              top_p: float = 1.0, eos_id: int = tk.EOS, vocab_size: int | None = None):
   """Continue `prompt` [B, P] (every row the same length) by `max_new` tokens from a decoder-only model with
   its cache: the prompt in one pass, then a token at a time. temperature=0 is greedy. After [EOS] a row emits
-  [PAD]. Returns [B, max_new] int32."""
+  [PAD]; ids >= vocab_size are never emitted. Returns [B, max_new] int32."""
   b, p = prompt.shape
   cache = model.init(jax.random.key(0), jnp.zeros((b, p + max_new), jnp.int32), decode=True)['cache']
   logits, mutated = model.apply({'params': params, 'cache': cache}, prompt, decode=True, mutable=['cache'])
 
   def step(carry, key):
     cache, logits, done = carry
-    token = jnp.where(done, 0, _pick(logits, key, temperature, top_k, top_p))
+    token = jnp.where(done, 0, _pick(logits, key, temperature, top_k, top_p, vocab_size))
     done = done | (token == eos_id)
     logits, mutated = model.apply({'params': params, 'cache': cache}, token[:, None], decode=True,
                                   mutable=['cache'])
@@ -71,16 +85,17 @@ def sample_lm(model, params, prompt, rng, max_new: int, temperature: float = 1.0
   return out.T
 
 
-def _pick(logits, key, temperature, top_k, top_p):
-  return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+def _pick(logits, key, temperature, top_k, top_p, vocab_size):
+  return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p, vocab_size)).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_len', 'temperature', 'top_k', 'top_p', 'start_id',
-                                             'eos_id'))
+                                             'eos_id', 'vocab_size'))
 def sample_seq2seq(model, params, tokens, rng, max_len: int, temperature: float = 0.0, top_k: int = 0,
-                   top_p: float = 1.0, start_id: int = tk.BOS, eos_id: int = tk.EOS):
+                   top_p: float = 1.0, start_id: int = tk.BOS, eos_id: int = tk.EOS, vocab_size: int | None = None):
   """Encode `tokens` [B, S] (0 = padding) once, then emit a token at a time through the decoder's cache:
-  greedy with temperature 0, else sampled (top-k / top-p); after [EOS] a row emits [PAD]. Returns [B, max_len].
+  greedy with temperature 0, else sampled (top-k / top-p); after [EOS] a row emits [PAD]; ids >= vocab_size are
+  never emitted. Returns [B, max_len].
 
   `start_id` is what the decoder read first in training: [BOS] for the denoising objective, [PAD] (0) for
   T5's span corruption.
@@ -94,7 +109,7 @@ def sample_seq2seq(model, params, tokens, rng, max_len: int, temperature: float 
     cache, previous, done = carry
     logits, mutated = model.apply({'params': params, 'cache': cache}, previous[:, None], encoded, source,
                                   method='decode', decode=True, mutable=['cache'])
-    token = jnp.where(done, 0, _pick(logits[:, -1], key, temperature, top_k, top_p))
+    token = jnp.where(done, 0, _pick(logits[:, -1], key, temperature, top_k, top_p, vocab_size))
     return (mutated['cache'], token, done | (token == eos_id)), token
 
   start = jnp.full((b,), start_id, jnp.int32)
@@ -102,9 +117,11 @@ def sample_seq2seq(model, params, tokens, rng, max_len: int, temperature: float 
   return out.T
 
 
-def greedy_seq2seq(model, params, tokens, max_len: int, start_id: int = tk.BOS, eos_id: int = tk.EOS):
+def greedy_seq2seq(model, params, tokens, max_len: int, start_id: int = tk.BOS, eos_id: int = tk.EOS,
+                   vocab_size: int | None = None):
   """`sample_seq2seq` at temperature 0: the most likely token at each step. Returns [B, max_len] int32."""
-  return sample_seq2seq(model, params, tokens, jax.random.key(0), max_len, 0.0, start_id=start_id, eos_id=eos_id)
+  return sample_seq2seq(model, params, tokens, jax.random.key(0), max_len, 0.0, start_id=start_id, eos_id=eos_id,
+                        vocab_size=vocab_size)
 
 
 def length_penalty(length, alpha: float):
@@ -127,15 +144,17 @@ def _gather_beams(tree, index, batch: int, beams: int):
   return jax.tree.map(gather, tree)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_len', 'num_beams', 'alpha', 'start_id', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('model', 'max_len', 'num_beams', 'alpha', 'start_id', 'eos_id',
+                                             'vocab_size'))
 def beam_search(model, params, tokens, max_len: int, num_beams: int = 4, alpha: float = 0.6,
-                start_id: int = tk.BOS, eos_id: int = tk.EOS):
+                start_id: int = tk.BOS, eos_id: int = tk.EOS, vocab_size: int | None = None):
   """Beam search for the encoder-decoders, with the decoder cache (one row per beam) and GNMT's length penalty.
 
   Each step extends every live beam by every token, keeps the `num_beams` best that do not end in [EOS] as the
   live beams, and moves those that do into the finished set (scored log p / length_penalty). Runs max_len steps;
   a row with no finished beam returns its best live one. Returns (sequences [B, max_len] (PAD after [EOS]),
-  scores [B]). With num_beams=1 (and no [EOS] in the way) this is greedy decoding.
+  scores [B]). With num_beams=1 (and no [EOS] in the way) this is greedy decoding. The ids >= vocab_size are
+  masked before the log-softmax: the scores are log-probabilities over the ids the tokenizer can decode.
   """
   b, k = tokens.shape[0], num_beams
   source = jnp.repeat((tokens != 0).astype(jnp.int32), k, axis=0)
@@ -153,7 +172,7 @@ def beam_search(model, params, tokens, max_len: int, num_beams: int = 4, alpha: 
     logits, mutated = model.apply({'params': params, 'cache': state['cache']}, state['last'][:, None], encoded,
                                   source, method='decode', decode=True, mutable=['cache'])
     v = logits.shape[-1]
-    logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(b, k, v)
+    logp = jax.nn.log_softmax(mask_past(logits[:, -1].astype(jnp.float32), vocab_size)).reshape(b, k, v)
     total = (state['logp'][:, :, None] + logp).reshape(b, k * v)
     top, idx = jax.lax.top_k(total, 2 * k)  # enough that k of them do not end the beam
     beam, token = idx // v, (idx % v).astype(jnp.int32)
@@ -184,12 +203,14 @@ def beam_search(model, params, tokens, max_len: int, num_beams: int = 4, alpha: 
   return jnp.where(after_eos, 0, seqs), scores
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'temperature', 'top_k', 'top_p', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'temperature', 'top_k', 'top_p', 'eos_id',
+                                             'vocab_size'))
 def sample_glm(model, params, context, rng, max_new: int, mask_position=None, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, eos_id: int = tk.EOP):
+               top_k: int = 0, top_p: float = 1.0, eos_id: int = tk.EOP, vocab_size: int | None = None):
   """Fill a blank with GLM: `context` [B, P] is part A (every row P long) holding a [MASK] at `mask_position`
   [B] (default: the last token). The span is generated after [sop], each token at the [MASK]'s position with
-  block positions 1, 2, ..., until [eop] (`eos_id`) or max_new tokens. Returns [B, max_new] ([PAD] after the end).
+  block positions 1, 2, ..., until [eop] (`eos_id`) or max_new tokens; ids >= vocab_size are never emitted.
+  Returns [B, max_new] ([PAD] after the end).
   """
   b, p = context.shape
   mask_position = jnp.full((b,), p - 1, jnp.int32) if mask_position is None else mask_position
@@ -210,7 +231,7 @@ def sample_glm(model, params, context, rng, max_new: int, mask_position=None, te
   def step(carry, xs):
     cache, logits, done = carry
     key, i = xs
-    token = jnp.where(done, 0, _pick(logits, key, temperature, top_k, top_p))
+    token = jnp.where(done, 0, _pick(logits, key, temperature, top_k, top_p, vocab_size))
     cache, logits = feed(cache, token, i + 2)
     return (cache, logits, done | (token == eos_id)), token
 

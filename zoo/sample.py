@@ -3,16 +3,20 @@
 The command line of `zoo.generate` (zoo.api.generate), the text-to-text function; the decoding library under it
 (sampling, beam search, GLM blank filling) is `zoo.decoding`. No module is named zoo.generate, so that name is
 always the function.
+
+Each prompt is printed with what `zoo.generate` returned for it, by `zoo.api.full_text`: a decoder's prompt +
+continuation (so `prompt + zoo.generate(...)[i]` is exactly the line printed), GLM's prompt with its blank
+filled, an encoder-decoder's 'prompt -> answer'.
 """
 from __future__ import annotations
 
 import argparse
 
-from zoo import api, models
+from zoo import api
 
 
 def main(argv=None) -> None:
-  """Sample from a trained checkpoint and print each prompt with its continuation (or answer)."""
+  """Sample from a trained checkpoint and print each prompt with its continuation (or answer): `api.full_text`."""
   parser = argparse.ArgumentParser(prog='python -m zoo.sample', description='Sample from a trained zoo checkpoint.')
   parser.add_argument('--workdir', required=True, help='a workdir train.py wrote (or one of its checkpoints/<step>)')
   parser.add_argument('--prompt', action='append', required=True, help='repeat for several prompts')
@@ -29,9 +33,8 @@ def main(argv=None) -> None:
   loaded = api.load(args.workdir, step=args.step, devices=args.devices)
   texts = api.generate(loaded, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, num_beams=args.num_beams, alpha=args.alpha, seed=args.seed)
-  continues = models.kind(loaded.family) == models.DECODER
   for prompt, text in zip(args.prompt, texts):
-    print(f'{prompt}{text}' if continues else f'{prompt} -> {text}', flush=True)
+    print(api.full_text(loaded, prompt, text), flush=True)
 
 
 if __name__ == '__main__':
