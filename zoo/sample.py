@@ -11,8 +11,9 @@ filled, an encoder-decoder's 'prompt -> answer'.
 from __future__ import annotations
 
 import argparse
+import os
 
-from zoo import api
+from zoo import api, cli
 
 
 def main(argv=None) -> None:
@@ -29,10 +30,15 @@ def main(argv=None) -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
   parser.add_argument('--devices', type=int, default=-1, help='use the first N devices (-1: all)')
+  parser.add_argument('--verbosity', choices=list(cli.LEVELS), default='warning',
+                      help="libraries' logs from 'info'; 'debug' also shows tracebacks")
   args = parser.parse_args(argv)
-  loaded = api.load(args.workdir, step=args.step, devices=args.devices)
-  texts = api.generate(loaded, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, num_beams=args.num_beams, alpha=args.alpha, seed=args.seed)
+  cli.quiet_logs(cli.LEVELS[args.verbosity])
+  if args.verbosity == 'debug':
+    os.environ['ZOO_DEBUG'] = '1'
+  loaded = cli.guard(api.load, args.workdir, step=args.step, devices=args.devices)
+  texts = cli.guard(api.generate, loaded, args.prompt, max_new=args.max_new, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams, alpha=args.alpha, seed=args.seed)
   for prompt, text in zip(args.prompt, texts):
     print(api.full_text(loaded, prompt, text), flush=True)
 

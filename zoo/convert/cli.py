@@ -16,6 +16,8 @@ import os
 import shutil
 from typing import Any
 
+from zoo import cli as zoo_cli
+from zoo import errors
 from zoo.convert import common, io
 from zoo.convert import format as fmt
 from zoo.convert.common import ConversionError
@@ -84,7 +86,10 @@ def main(argv=None) -> int:
   p_exp.add_argument('--workdir', help='a train.py workdir: its newest (or --step) checkpoint')
   p_exp.add_argument('--step', type=int, default=None, help='with --workdir: the checkpoint step')
   p_exp.add_argument('--out', required=True, help='HF directory to write')
+  parser.add_argument('--verbosity', choices=list(zoo_cli.LEVELS), default='warning',
+                      help="libraries' logs from 'info'; 'debug' also shows tracebacks")
   args = parser.parse_args(argv)
+  zoo_cli.quiet_logs(zoo_cli.LEVELS[args.verbosity])
   try:
     if args.command == 'import':
       _print_import(import_hf(args.hf_dir, args.out), args.out)
@@ -101,5 +106,8 @@ def main(argv=None) -> int:
     print(f'wrote {args.out}: config.json + model.safetensors ({arch})'
           + (f'; tokenizer files {[n for _, n in tok_src]}' if tok_src else ''))
     return 0
-  except (ConversionError, FileNotFoundError) as e:
-    parser.exit(2, f'error: {e}\n')
+  except Exception as e:  # a mistake in what was given is one line; zoo's own bugs keep their traceback
+    if args.verbosity == 'debug' or zoo_cli.debug_requested() or not (
+        isinstance(e, ConversionError) or errors.is_user_error(e)):
+      raise
+    parser.exit(zoo_cli.EXIT_USER_ERROR, f'error: {errors.clean_message(e)}\n')
