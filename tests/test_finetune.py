@@ -15,7 +15,6 @@ from flax import traverse_util
 from zoo import checkpoint as ckpt
 from zoo import config as config_lib
 from zoo import tasks, train
-from zoo.data import sources
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as ad_lib
 from zoo.tasks import demo, qa
@@ -142,9 +141,8 @@ def test_qa_span_decoding_on_constructed_logits():
   assert [int(x[0]) for x in qa.best_span(s, e, mask, 3)] == [6, 7]
 
 
-def test_qa_features_and_metrics():
-  docs, _ = sources.read_documents('default')
-  tok = tk.train_tokenizer(docs[:3000], vocab_size=800, num_sentinels=0)
+def test_qa_features_and_metrics(tokenizer_path):
+  tok = tk.Tokenizer.load(tokenizer_path)
   records = demo.qa(np.random.default_rng(0), 20)
   task = tasks.make('qa', vocab_size=tok.vocab_size, num_special=9, seq_len=96)
   arrays, host = task.featurize(records, tok, 'demo')
@@ -170,18 +168,17 @@ def test_tagging_entities():
   assert right['entity_f1'] == 1.0
 
 
-def test_sft_weights_cover_the_target_only():
-  docs, _ = sources.read_documents('default')
-  tok = tk.train_tokenizer(docs[:3000], vocab_size=800, num_sentinels=0)
+def test_sft_weights_cover_the_target_only(tokenizer_path):
+  tok = tk.Tokenizer.load(tokenizer_path)
   rec = [{'input': 'reverse: red cat', 'target': 'cat red'}]
   target = tok.encode('cat red') + [tk.EOS]
   context = tok.encode('reverse: red cat')
-  causal = tasks.make('sft', vocab_size=800, num_special=9, seq_len=24)
+  causal = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24)
   a, _ = causal.featurize(rec, tok, 'x')
   w = a['weights'][0] > 0
   assert list(a['targets'][0][w]) == target  # exactly the target tokens (and [EOS]) are predicted
   assert w.sum() == len(target) and a['tokens'][0, :len(context)].tolist() == context
-  s2s = tasks.make('sft', vocab_size=800, num_special=9, seq_len=24, encoder_decoder=True, decoder_start=tk.PAD)
+  s2s = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24, encoder_decoder=True, decoder_start=tk.PAD)
   b, _ = s2s.featurize(rec, tok, 'x')
   assert b['tokens'][0, :len(context)].tolist() == context
   assert list(b['targets'][0][b['weights'][0] > 0]) == target
