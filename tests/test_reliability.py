@@ -215,3 +215,133 @@ def test_train_py_mistakes_are_one_message_without_a_traceback(flags, message, t
   import re
   assert re.search(message, proc.stderr, flags=re.IGNORECASE), proc.stderr
   assert proc.stderr.count('error: ') == 1
+
+
+def _bad_values(rule) -> list:
+  """Values a field with this rule must refuse: the wrong type, and each side of its bounds."""
+  if rule[0] in ('int', 'float'):
+    kind, low, high = rule
+    values = ['abc', [1], None]
+    values += [low - 1] if kind == 'int' and low is not None else []
+    values += [low - 0.5, float('nan')] if kind == 'float' and low is not None else []
+    values += [high + 1] if high is not None else []
+    values += [1.5] if kind == 'int' else []
+    return values
+  return ['nope', 3, None]
+
+
+def _unsafe(c):
+  """A config that takes any value in any field (as a notebook's dict or a JSON file would give it)."""
+  import ml_collections
+  return ml_collections.ConfigDict(c.to_dict(), type_safe=False)
+
+
+def _bad_inputs(tmp_path, tokenizer_path, workdir):
+  """(name, config, workdir) for each mistake: every field's bad values, meshes, files, resumes."""
+  base = lambda **o: _unsafe(small_run(tokenizer_path, **o))  # noqa: E731
+  fresh = lambda name: str(tmp_path / 'fresh' / name)  # noqa: E731
+  cases = []
+  for field, rule in config_lib.RULES.items():
+    for value in _bad_values(rule):
+      c = base()
+      config_lib.override(c, {field: value})
+      cases.append((f'{field}={value!r}', c, fresh(field), f'{field}='))
+  for field, value, expected in (
+      ('mesh.data', 3, 'mesh.data x mesh.fsdp x mesh.tensor = 3 but there are 8 devices'),
+      ('mesh.data', 0, 'mesh.data=0 must be -1'), ('mesh.data', -2, 'mesh.data=-2 must be -1'),
+      ('mesh.fsdp', 16, "'fsdp': 16"), ('mesh.devices', 0, 'mesh.devices=0'),
+      ('mesh.devices', 9, 'mesh.devices=9'), ('mesh.tensor', 3, "'tensor': 3"),
+      ('train.batch_size', 12, 'train.batch_size=12'), ('train.microbatches', 3, 'train.microbatches=3'),
+      ('model.num_heads', 5, 'model.num_heads=5'), ('model.vocab_size', 512, 'model.vocab_size is 512'),
+      ('train.seq_len', 4096, 'train.seq_len=4096'), ('objective.name', 'mlm', "objective.name='mlm'"),
+      ('objective.name', 'nope', "objective.name='nope'"), ('model.family', 'nope', "model.family='nope'"),
+      ('task.name', 'nope', "task.name='nope'"), ('model.attention', 'nope', 'nope'),
+      ('model.remat', 'nope', 'nope')):
+    c = base(**{'mesh.devices': -1, 'train.batch_size': 16})
+    config_lib.override(c, {field: value})
+    cases.append((f'{field}={value!r}', c, fresh(f'{field}{value}'), expected))
+  files = tmp_path / 'files'
+  files.mkdir()
+  model = pathlib.Path(tokenizer_path).read_bytes()
+  for name, content in (('empty.model', b''), ('truncated.model', model[:len(model) // 2]),
+                        ('random.model', np.random.default_rng(0).bytes(4096))):
+    (files / name).write_bytes(content)
+  (files / 'empty.txt').write_text('')
+  (files / 'blank.txt').write_text('\n\n   \n')
+  (files / 'bad.jsonl').write_text('{not json\n' * 3)
+  (files / 'other.jsonl').write_text('{"body": "a b c"}\n' * 20)
+  for field, value, expected in (
+      ('data.tokenizer', str(files / 'missing.model'), 'missing.model'), ('data.tokenizer', str(files), 'files'),
+      ('data.tokenizer', str(files / 'empty.model'), 'empty.model'),
+      ('data.tokenizer', str(files / 'truncated.model'), 'truncated.model'),
+      ('data.tokenizer', str(files / 'random.model'), 'random.model'),
+      ('data.source', f'text:{files}/missing*.txt', 'missing*.txt'),
+      ('data.source', f'text:{files / "empty.txt"}', 'empty.txt'),
+      ('data.source', f'text:{files / "blank.txt"}', 'blank.txt'),
+      ('data.source', f'jsonl:{files / "bad.jsonl"}:text', 'bad.jsonl'),
+      ('data.source', f'jsonl:{files / "other.jsonl"}:text', 'other.jsonl'), ('data.source', 'nope:x', 'nope:x'),
+      ('data.source', f'parquet:{files}/missing.parquet:text', 'missing.parquet'),
+      ('task.init_from', str(files), 'files'), ('task.train', f'jsonl:{files / "missing.jsonl"}', 'missing.jsonl')):
+    c = base()
+    if field.startswith('task.'):
+      config_lib.override(c, {'task.name': 'classification', 'model.family': 'bert', 'objective.name': 'mlm'})
+    config_lib.override(c, {field: value})
+    cases.append((f'{field}={value}', c, fresh(f'{field}-{len(cases)}'), expected))
+  if os.geteuid() != 0:  # root writes anywhere
+    readonly = tmp_path / 'readonly'
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    cases.append(('a read-only workdir', base(), str(readonly / 'run'), 'readonly'))
+  cases.append(('a workdir inside a file', base(), str(files / 'empty.txt' / 'run'), 'empty.txt/run'))
+  cases.append(('a workdir that is a file', base(), str(files / 'empty.txt'), 'is a file'))
+  # resuming the trained workdir with settings that would not continue its run
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  for field, value in (('seed', 7), ('train.batch_size', 8), ('train.seq_len', 16), ('train.microbatches', 2),
+                       ('data.packing', 'pad'), ('model.num_layers', 1), ('model.embed_dim', 32),
+                       ('model.dropout_rate', 0.0), ('objective.name', 'causal_lm'), ('optimizer.decay_steps', 99),
+                       ('train.steps', 7), ('data.vocab_size', 999), ('adapters.lora_rank', 2)):
+    c = _unsafe(config_lib.override(importlib_config(saved), {}))
+    config_lib.override(c, {field: value})
+    if field == 'objective.name':
+      c.model.family = 'glm'
+    expected = 'decay_steps' if field == 'train.steps' else ('model.family' if field == 'objective.name' else field)
+    cases.append((f'resume with {field}={value!r}', c, workdir, expected))
+  return cases
+
+
+def importlib_config(saved: dict):
+  import ml_collections
+  return ml_collections.ConfigDict(saved)
+
+
+@pytest.mark.slow
+def test_200_bad_configs_and_inputs_are_one_line_each_and_lose_no_checkpoint(gpt_workdir, tokenizer_path, tmp_path,
+                                                                             capsys):
+  import hashlib
+  import shutil
+  workdir = str(tmp_path / 'trained')
+  shutil.copytree(gpt_workdir, workdir)
+  (pathlib.Path(workdir) / 'LOCK').write_text('')
+
+  def digest():
+    files = sorted(p for p in pathlib.Path(workdir, 'checkpoints').rglob('*') if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+  before = digest()
+  cases = _bad_inputs(tmp_path, tokenizer_path, workdir)
+  assert len(cases) >= 200, len(cases)
+  escaped = []
+  for name, c, where, expected in cases:
+    try:
+      cli.guard(train.train_and_evaluate, c, where)
+      escaped.append(f'{name}: accepted')
+    except SystemExit as e:
+      if e.code != cli.EXIT_USER_ERROR:
+        escaped.append(f'{name}: exit {e.code}')
+    except Exception as e:  # noqa: BLE001 (a traceback: what this test looks for)
+      escaped.append(f'{name}: {type(e).__name__}: {e}'[:300])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith('error: ')]
+    if len(lines) != 1 or expected not in lines[0] or 'Traceback' in err:
+      escaped.append(f'{name}: expected one error naming {expected!r}, got {lines}')
+  assert not escaped, '\n'.join(escaped)
+  assert digest() == before  # every checkpoint file as it was

@@ -131,20 +131,79 @@ def override(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.Co
   return c
 
 
+# What each shared field may hold, checked before anything is read or compiled: (kind, low, high) with kind
+# 'int' or 'float' and inclusive bounds (None: unbounded), or a tuple of the allowed strings.
+_INT, _FLOAT = 'int', 'float'
+RULES = {
+    'seed': (_INT, 0, None),
+    'model.dropout_rate': (_FLOAT, 0.0, 0.99), 'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'data.vocab_size': (_INT, 1, None), 'data.num_sentinels': (_INT, 0, None),
+    'data.packing': ('concat', 'first_fit', 'pad'), 'data.text_mode': ('line', 'paragraph'),
+    'data.tokenizer_type': ('unigram', 'bpe'), 'data.validation_fraction': (_FLOAT, 0.0, 0.5),
+    'data.num_workers': (_INT, 0, None), 'data.max_doc_chars': (_INT, 1, None),
+    'data.word_segmenter': ('', 'jieba'),
+    'train.steps': (_INT, 1, None), 'train.batch_size': (_INT, 1, None), 'train.seq_len': (_INT, 1, None),
+    'train.microbatches': (_INT, 1, None), 'train.eval_every': (_INT, 0, None),
+    'train.eval_batches': (_INT, 0, None),
+    'optimizer.learning_rate': (_FLOAT, 0.0, 10.0), 'optimizer.warmup_steps': (_INT, 0, None),
+    'optimizer.decay': ('cosine', 'linear', 'constant'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
+    'optimizer.weight_decay': (_FLOAT, 0.0, 10.0), 'optimizer.b1': (_FLOAT, 0.0, 0.9999),
+    'optimizer.b2': (_FLOAT, 0.0, 0.99999), 'optimizer.eps': (_FLOAT, 0.0, 1.0),
+    'optimizer.clip_norm': (_FLOAT, 0.0, None),
+    'checkpoint.every': (_INT, 1, None), 'checkpoint.keep': (_INT, 1, None),
+    'mesh.fsdp': (_INT, 1, None), 'mesh.tensor': (_INT, 1, None), 'parallelism': ('jit', 'pmap'),
+    'adapters.lora_rank': (_INT, 0, None), 'adapters.lora_alpha': (_FLOAT, 0.0, None),
+    'adapters.lora_dropout': (_FLOAT, 0.0, 0.99), 'adapters.prefix_length': (_INT, 0, None),
+    'adapters.prefix_hidden': (_INT, 0, None),
+    'log.every': (_INT, 1, None), 'log.peak_flops': (_FLOAT, 0.0, None),
+}
+
+
+_MISSING = object()
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split('.'):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def _check_field(field: str, value, rule) -> None:
+  if isinstance(rule[0], str) and rule[0] in (_INT, _FLOAT):
+    kind, low, high = rule
+    types = (int,) if kind == _INT else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types):
+      raise ValueError(f'{field}={value!r} must be {"an integer" if kind == _INT else "a number"}')
+    if value != value or (low is not None and value < low) or (high is not None and value > high):
+      where = (f'at least {low}' if high is None else f'between {low} and {high}') if low is not None else ''
+      if low == 1 and high is None:
+        where = 'positive'
+      raise ValueError(f'{field}={value!r} must be {where}')
+  elif value not in rule:
+    raise ValueError(f'{field}={value!r}: use one of {", ".join(repr(r) for r in rule)}')
+
+
 def check(config: ml_collections.ConfigDict, num_processes: int = 1) -> None:
-  """Refuse, before anything compiles, a configuration that cannot run, naming the field and the fix."""
+  """Refuse, before anything compiles, a configuration that cannot run, naming the field and the fix.
+
+  >>> c = base_config(); c.optimizer.b1 = 1.5
+  >>> check(c)
+  Traceback (most recent call last):
+  ...
+  ValueError: optimizer.b1=1.5 must be between 0.0 and 0.9999
+  """
+  for field, rule in RULES.items():
+    value = _get(config, field)
+    if value is not _MISSING:
+      _check_field(field, value, rule)
+  for field in ('mesh.data', 'mesh.devices'):
+    value = _get(config, field)
+    if value is not _MISSING and (isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1)):
+      raise ValueError(f'{field}={value!r} must be -1 (fill the rest) or a positive integer')
   t = config.train
-  for field in ('steps', 'batch_size', 'seq_len', 'microbatches'):
-    if t[field] <= 0:
-      raise ValueError(f'train.{field}={t[field]} must be positive')
-  for field in ('log.every', 'checkpoint.every', 'checkpoint.keep'):
-    section, name = field.split('.')
-    if config[section][name] <= 0:
-      raise ValueError(f'{field}={config[section][name]} must be positive')
-  if config.parallelism not in ('jit', 'pmap'):
-    raise ValueError(f"parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
-  if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
-    raise ValueError(f"model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
   if t.batch_size % (num_processes * t.microbatches):
     raise ValueError(f'train.batch_size={t.batch_size} does not split over {num_processes} process(es) x '
                      f'train.microbatches={t.microbatches}: make it a multiple of {num_processes * t.microbatches}')

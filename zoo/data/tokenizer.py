@@ -92,7 +92,13 @@ class Tokenizer:
   def __init__(self, model_proto: bytes, path: str | None = None):
     self.path = path
     self._proto = model_proto
-    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_proto=model_proto) if model_proto else None
+    except RuntimeError:  # SentencePiece could not parse it
+      self._sp = None
+    if self._sp is None or self._sp.get_piece_size() == 0:
+      raise ValueError(f'{path or "tokenizer"} is not a SentencePiece model (empty, truncated or another kind of '
+                       f"file): point data.tokenizer at a .model file, or set it to 'train'")
     if [self._sp.id_to_piece(i) for i in range(len(SPECIALS))] != list(SPECIALS):
       raise ValueError(f'{path or "tokenizer"} is not a zoo tokenizer: ids 0..{len(SPECIALS) - 1} must be '
                        f'{SPECIALS}; train one with `python -m zoo.data.tokenizer`')
@@ -110,6 +116,8 @@ class Tokenizer:
     if not os.path.exists(path):
       raise FileNotFoundError(f'tokenizer file {path} does not exist: set data.tokenizer to a SentencePiece '
                               f"model file, or to 'train' to train one on data.source")
+    if os.path.isdir(path):
+      raise ValueError(f'tokenizer {path} is a directory: set data.tokenizer to a SentencePiece .model file')
     with open(path, 'rb') as f:
       tok = cls(f.read(), path)
     if model_vocab_size is not None:

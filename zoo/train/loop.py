@@ -153,7 +153,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   if mode not in ('train', 'eval'):
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir} is a file: give a directory (it is created if missing)')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'cannot create the workdir {workdir}: {e.strerror}') from None
   maybe_initialize_distributed(config)
   if mode == 'eval':
     ckpt.find_state(workdir)  # nothing to evaluate: say so before building anything
