@@ -217,6 +217,22 @@ def test_train_py_mistakes_are_one_message_without_a_traceback(flags, message, t
   assert proc.stderr.count('error: ') == 1
 
 
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_to_the_losses_of_an_uninterrupted_run(tokenizer_path, tmp_path):
+  import random
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  import kill_resume
+  steps = 10
+  once = subprocess.run(kill_resume.command(tmp_path / 'once', steps, tokenizer_path), env=kill_resume.environment(),
+                        capture_output=True, text=True, timeout=300)
+  assert once.returncode == 0, once.stdout + once.stderr
+  result = kill_resume.killed_run(tmp_path / 'killed', steps, 3, random.Random(0), tokenizer_path)
+  assert result['kills'] == 3 and result['kills_during_a_checkpoint_write'] >= 1, result
+  reference = kill_resume.losses(tmp_path / 'once')
+  assert sorted(reference) == list(range(1, steps + 1))
+  assert kill_resume.losses(tmp_path / 'killed') == reference  # bit for bit, at every step
+
+
 def _bad_values(rule) -> list:
   """Values a field with this rule must refuse: the wrong type, and each side of its bounds."""
   if rule[0] in ('int', 'float'):
