@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     'safetensors>=0.4',  # HuggingFace weights in and out (zoo.convert), read as numpy: no PyTorch needed
     'matplotlib>=3.8',  # python -m zoo.plot and the notebooks' loss plots
     'tqdm>=4.66',  # the notebooks' progress bars
+    'etils[epath]>=1.15.0',  # workdirs and data on any epath path: local, or gs:// with the gcs extra
 ]
 # The reference implementation the HF parity tests compare with. The CPU build of torch 2.13 is what these
 # tests ran with on Python 3.11; elsewhere the parity tests skip (they need torch) rather than pull a CUDA build.
@@ -37,6 +38,7 @@ setup(
     extras_require={
         'tpu': ['jax[tpu]>=0.10.2'],  # brings libtpu: also for ahead-of-time compilation on a CPU host
         'cuda': ['jax[cuda12]>=0.10.2'],
+        'gcs': ['etils[epath-gcs]>=1.15.0'],  # gcsfs: workdirs, data and tokenizers on gs:// (TPU VMs)
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
         'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23'],  # HF tokenizers; .bin weights (weights only)
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1', 'jax[tpu]>=0.10.2',  # libtpu: train.py --aot

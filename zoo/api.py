@@ -39,6 +39,7 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo import decoding as gen
 from zoo import models
+from zoo import paths
 from zoo import train
 from zoo.data import hf_tokenizer as hft
 from zoo.data import tokenizer as tk
@@ -74,16 +75,16 @@ def load(path: str, *, step: int | None = None, mesh: dict | None = None, device
   (1, 8, 2048)
   """
   from zoo import convert
-  model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))  # or its params file
-  if (os.path.isdir(path) or os.path.isfile(path)) and os.path.isfile(os.path.join(model_dir, convert.ZOO_CONFIG)):
-    return _load_model_dir(model_dir, step=step, mesh=mesh, devices=devices)
-  state_dir, step = ckpt.find_state(path, step)
-  workdir = os.path.dirname(os.path.dirname(os.path.dirname(state_dir)))
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(config_path):
+  if paths.is_local(path):  # a zoo model directory (or its params file) is local
+    model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if (os.path.isdir(path) or os.path.isfile(path)) and os.path.isfile(os.path.join(model_dir, convert.ZOO_CONFIG)):
+      return _load_model_dir(model_dir, step=step, mesh=mesh, devices=devices)
+  state_dir, step = ckpt.find_state(path, step)  # a workdir or checkpoints/<step>: local or gs://...
+  workdir = os.fspath(paths.path(state_dir).parents[2])
+  config_path = paths.join(workdir, 'config.json')
+  if not paths.is_file(config_path):
     raise FileNotFoundError(f'{config_path} is missing: zoo.load reads workdirs that train.py wrote')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(paths.path(config_path).read_text()))
   config.task.init_from = ''  # the saved config already holds the model the task was fine-tuned from
   config.mesh.update({'data': -1, 'fsdp': 1, 'tensor': 1, 'devices': devices, **(mesh or {})})
   config.mesh.rules = tuple(tuple(r) for r in config.mesh.rules)

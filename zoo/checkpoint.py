@@ -2,20 +2,21 @@
 
 Layout: <workdir>/checkpoints/<step>/{state, data_iter}. Saves are atomic (Orbax writes to a temporary
 directory and renames it when complete), so a crash never leaves a half-written checkpoint behind, and only
-`keep` of the newest are kept once a newer one is complete.
+`keep` of the newest are kept once a newer one is complete. The workdir may be local or on any epath filesystem
+(gs://...): Orbax reads and writes through epath and TensorStore.
 """
 from __future__ import annotations
-
-import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from zoo import paths
+
 
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = paths.join(paths.abspath(workdir), 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -53,12 +54,13 @@ def abstract_with_shardings(tree, shardings):
 def find_state(path: str, step: int | None = None) -> tuple[str, int]:
   """The Orbax `state` directory and step of a workdir (its newest checkpoint, or `step`) or of a checkpoint
   directory (<workdir>/checkpoints/<step>). A clear error when there is none."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, 'state')):  # a checkpoint directory
-    return os.path.join(path, 'state'), int(os.path.basename(path))
-  directory = os.path.join(path, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-  steps = [s for s in steps if os.path.isdir(os.path.join(directory, str(s), 'state'))]
+  path = paths.abspath(path, expanduser=True)
+  p = paths.path(path)
+  if (p / 'state').is_dir():  # a checkpoint directory
+    return paths.join(p, 'state'), int(p.name)
+  directory = p / 'checkpoints'
+  steps = sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit()) if directory.is_dir() else []
+  steps = [s for s in steps if (directory / str(s) / 'state').is_dir()]
   if not steps:
     raise FileNotFoundError(f'no checkpoint in {path}: point at a workdir that train.py saved to (it holds '
                             f'checkpoints/<step>/state), or at one of those step directories')
@@ -66,7 +68,7 @@ def find_state(path: str, step: int | None = None) -> tuple[str, int]:
     step = steps[-1]
   elif step not in steps:
     raise FileNotFoundError(f'{path} has no checkpoint of step {step}; it has steps {steps}')
-  return os.path.join(directory, str(step), 'state'), step
+  return paths.join(directory, str(step), 'state'), step
 
 
 def saved_params(state_dir: str) -> dict:

@@ -13,28 +13,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from typing import Any
 
 from zoo import cli as zoo_cli
-from zoo import errors
-from zoo.convert import common, io
+from zoo import errors, paths
+from zoo.convert import common
 from zoo.convert import format as fmt
 from zoo.convert.common import ConversionError
 from zoo.convert.hf import export_hf, import_hf
-from zoo.convert.registry import FAMILIES, zoo_to_hf_config
+from zoo.convert.registry import FAMILIES, converter, zoo_to_hf_config
 
 
 def load_workdir(workdir: str, step: int | None = None) -> tuple[Any, dict, str, dict]:
   """Restore the params of a train.py workdir (config.json + checkpoints/<step>/state) onto one device:
   (model, params as numpy, family, fields). The model is built as train.py builds it (`zoo.api.load`)."""
   from zoo import api
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.path(workdir) / 'config.json'  # the workdir may be local or gs://...
+  if not path.exists():
     raise ConversionError(f'{workdir} has no config.json: give the --workdir of a train.py run')
-  config = io.read_json(path)
+  config = json.loads(path.read_text())
   if (config.get('data', {}).get('tokenizer') == 'train'
-      and not os.path.exists(os.path.join(workdir, 'tokenizer.model'))):
+      and not (paths.path(workdir) / 'tokenizer.model').exists()):
     raise ConversionError(f'{workdir} has no tokenizer.model (data.tokenizer=train): not a finished run')
   loaded = api.load(workdir, step=step, devices=1)
   return loaded.model, common.plain_params(loaded.params), loaded.family, common.model_fields(loaded.model)
@@ -62,14 +61,20 @@ def _export_source(args) -> tuple[Any, dict, str, dict, list]:
     tok_dir = os.path.join(fmt.model_dir(args.params), fmt.HF_TOKENIZER_DIR)
     tok_src = [(os.path.join(tok_dir, n), n) for n in sorted(os.listdir(tok_dir))] if os.path.isdir(tok_dir) else []
     return model, params, family, extra, tok_src
+  config_path = paths.path(args.workdir) / 'config.json'
+  config = json.loads(config_path.read_text()) if config_path.exists() else {}
+  if config.get('model', {}).get('family'):
+    converter(config['model']['family'])  # refuse GLM, the RNNs, ... (one line) before restoring
   model, params, family, _ = load_workdir(args.workdir, args.step)
   from zoo.data import tokenizer as tk
   extra = {'pad_token_id': tk.PAD, 'bos_token_id': tk.BOS, 'eos_token_id': tk.EOS}
   if family == 't5':
     extra['decoder_start_token_id'] = tk.PAD
-  spm_path = os.path.join(args.workdir, 'tokenizer.model')
+  spm_path = paths.join(args.workdir, 'tokenizer.model')
+  if not paths.path(spm_path).exists():  # data.tokenizer named a .model file
+    spm_path = config.get('data', {}).get('tokenizer') or spm_path
   # zoo's SentencePiece model, under a name HF tokenizers do not pick up
-  tok_src = [(spm_path, 'zoo_tokenizer.model')] if os.path.exists(spm_path) else []
+  tok_src = [(spm_path, 'zoo_tokenizer.model')] if paths.path(spm_path).exists() else []
   return model, params, family, extra, tok_src
 
 
@@ -99,12 +104,18 @@ def main(argv=None) -> int:
     model, params, family, extra, tok_src = _export_source(args)
     if args.family and args.family != family:
       parser.error(f'--family={args.family} but the source holds a {family} model')
-    export_hf(model, params, family, args.out, extra_config=extra)
+    from zoo.convert import tokenizer as hf_tok
+    spm = next((paths.path(src).read_bytes() for src, name in tok_src if name == 'zoo_tokenizer.model'), None)
+    export_hf(model, params, family, args.out, extra_config=extra,
+              tokenizer_vocab_size=hf_tok.vocab_size(spm) if spm else None)
     for src, name in tok_src:
-      shutil.copyfile(src, os.path.join(args.out, name))
+      paths.path(src).copy(os.path.join(args.out, name), overwrite=True)  # from a local or gs:// workdir
+    names = [n for _, n in tok_src]
+    if spm:  # zoo's SentencePiece model as the fast tokenizer transformers reads
+      names += hf_tok.write_hf_tokenizer(spm, family, args.out, getattr(model, 'max_len', None))
     arch = zoo_to_hf_config(family, model)['architectures'][0]
     print(f'wrote {args.out}: config.json + model.safetensors ({arch})'
-          + (f'; tokenizer files {[n for _, n in tok_src]}' if tok_src else ''))
+          + (f'; tokenizer files {names}' if names else ''))
     return 0
   except Exception as e:  # a mistake in what was given is one line; zoo's own bugs keep their traceback
     if args.verbosity == 'debug' or zoo_cli.debug_requested() or not (

@@ -16,6 +16,9 @@ from zoo.convert.common import ConversionError
 from zoo.convert.registry import hf_config_to_fields, zoo_to_hf_config
 from zoo.convert.weights import hf_weights_to_params, params_to_hf_weights
 
+GENERATION_IDS = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'decoder_start_token_id')
+GENERATES = ('gpt', 't5')  # the families transformers' generate runs
+
 
 def load_hf(hf_dir: str, **overrides) -> tuple[Any, dict, str, dict]:
   """Import a HuggingFace BERT / GPT-2 / T5 directory.
@@ -92,11 +95,13 @@ def import_hf(hf_dir: str, out_dir: str) -> dict:
           'tokenizer': tok}
 
 
-def export_hf(model, params, family: str, out_dir: str, *, extra_config: dict | None = None) -> str:
+def export_hf(model, params, family: str, out_dir: str, *, extra_config: dict | None = None,
+              tokenizer_vocab_size: int | None = None) -> str:
   """Write a zoo BERT / GPT / T5 model as a HuggingFace directory (config.json + model.safetensors) that
   `transformers` loads as BertForPreTraining / GPT2LMHeadModel / T5ForConditionalGeneration. LoRA adapters are
   merged into the kernels first; prefix tuning cannot be exported. `extra_config` adds token ids
-  (bos/eos/pad/decoder_start). Returns out_dir."""
+  (bos/eos/pad/decoder_start), also written as generation_config.json, which suppresses the embedding's padding
+  rows past `tokenizer_vocab_size` (zoo.generate never draws them). Returns out_dir."""
   adapters = getattr(model, 'adapters', None)
   if adapters is not None and getattr(adapters, 'active', False):
     if getattr(adapters, 'prefix_length', 0):
@@ -110,4 +115,10 @@ def export_hf(model, params, family: str, out_dir: str, *, extra_config: dict | 
   os.makedirs(out_dir, exist_ok=True)
   io.save_safetensors(weights, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
   io.write_json(os.path.join(out_dir, 'config.json'), config)
+  generation = {k: v for k, v in config.items() if k in GENERATION_IDS}
+  vocab = config.get('vocab_size', 0)
+  if tokenizer_vocab_size and tokenizer_vocab_size < vocab and family in GENERATES:
+    generation['suppress_tokens'] = list(range(tokenizer_vocab_size, vocab))
+  if generation:
+    io.write_json(os.path.join(out_dir, 'generation_config.json'), generation)
   return out_dir

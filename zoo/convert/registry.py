@@ -11,10 +11,18 @@ SUPPORTED_ARCHITECTURES = {name: c.architectures for name, c in CONVERTERS.items
 MODEL_TYPES = {model_type: c.family for c in CONVERTERS.values() for model_type in c.model_types}
 
 
+# zoo families with no transformers architecture to convert to, and why
+INEXPRESSIBLE = {'glm': "GLM's two position ids per token and blank infilling",
+                 'rnn_lm': 'a recurrent language model (LSTM / GRU)',
+                 'rnn_seq2seq': 'a recurrent encoder-decoder (LSTM / GRU)'}
+
+
 def converter(family: str) -> Converter:
-  """The Converter of a zoo family, or a ConversionError naming those there are."""
+  """The Converter of a zoo family, or a one-line ConversionError saying why there is none."""
   if family not in CONVERTERS:
-    raise ConversionError(f'zoo converts {list(FAMILIES)}, not {family!r}')
+    why = (f'transformers has no architecture for {INEXPRESSIBLE[family]}' if family in INEXPRESSIBLE
+           else 'zoo has no converter for it yet')
+    raise ConversionError(f'zoo converts {", ".join(FAMILIES)} to and from HuggingFace, not {family}: {why}')
   return CONVERTERS[family]
 
 
@@ -44,12 +52,11 @@ def hf_config_to_fields(config: dict, weights: dict | None = None) -> tuple[str,
 def zoo_to_hf_config(family: str, model, extra: dict | None = None) -> dict:
   """The HF config.json dict for a zoo BERT / GPT / T5 model (ConversionError for what HF cannot express);
   `extra` adds token ids (bos/eos/pad/decoder_start)."""
+  conv = converter(family)
   f = model_fields(model)
   if f.get('head', 'pretraining') != 'pretraining':
     refuse(family, f, 'head', 'zoo exports the pretraining heads (BertForPreTraining), not a fine-tuning task head')
-  if family not in CONVERTERS:
-    raise ConversionError(f'export supports {list(FAMILIES)}, not {family!r}')
-  config = CONVERTERS[family].fields_to_config(f)
+  config = conv.fields_to_config(f)
   for key, value in (extra or {}).items():
     if key.endswith('token_id') or key in ('bos_token_id', 'eos_token_id', 'pad_token_id'):
       config[key] = value

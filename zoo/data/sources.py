@@ -10,6 +10,9 @@
                                data.data_dir through array_record data sources (no TensorFlow needed), or
                                through tf.data when the dataset was prepared as TFRecord and TensorFlow is there
 
+A <glob> may be local (`**` recurses) or a gs://... URI (any etils.epath filesystem; `*` per level, listed
+through epath); every file is read through epath.
+
 `read_documents` returns a random-access sequence of strings and a `Stats` of what was skipped or repaired:
 empty files, invalid UTF-8, over-long documents (cut into pieces, nothing dropped), bad JSON lines, null values.
 Sources without their own validation split are split deterministically (the same documents every run,
@@ -24,11 +27,14 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 import sysconfig
 from typing import Sequence
 
 import numpy as np
+
+from zoo import paths
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +62,35 @@ class Stats:
             f'{self.files} file(s)' + (f'; {", ".join(issues)}' if issues else ''))
 
 
+def _glob_uri(pattern: str, field: str) -> list[str]:
+  """The files a gs://... (any epath URI) glob matches, listed through epath: `*`, `?` and `[...]` in any
+  part after the bucket; `**` (any depth) is refused, as epath does (one listing per directory on GCS)."""
+  parts = pattern.split('/')
+  first = next((i for i, part in enumerate(parts) if re.search(r'[*?[]', part)), None)
+  if first is None:  # no wildcard: the file itself
+    return [pattern] if paths.is_file(pattern) else []
+  rest = '/'.join(parts[first:])
+  if '**' in rest:
+    raise ValueError(f'{field}: {pattern!r}: ** (any depth) works for local files only; on {parts[0]}// list the '
+                     f'levels with * (corpus/*/*.txt)')
+  return [os.fspath(p) for p in paths.path('/'.join(parts[:first])).glob(rest) if not p.is_dir()]
+
+
 def _expand(pattern: str, field: str = 'data.source') -> list[str]:
-  files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-  files = [f for f in files if os.path.isfile(f)]
+  """The files a glob matches, sorted: local ones through glob.glob (`**` recurses), gs://... through epath."""
+  if paths.is_local(pattern):
+    files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    files = [f for f in files if os.path.isfile(f)]
+  else:
+    files = sorted(_glob_uri(pattern, field))
   if not files:
-    raise FileNotFoundError(f'{field}: no file matches {pattern!r}; check the path (globs like '
-                            f'corpus/*.txt and corpus/**/*.txt work)')
+    like = 'corpus/*.txt and corpus/**/*.txt' if paths.is_local(pattern) else 'gs://bucket/corpus/*/*.txt'
+    raise FileNotFoundError(f'{field}: no file matches {pattern!r}; check the path (globs like {like} work)')
   return files
 
 
 def _decode_lines(path: str, stats: Stats) -> list[str]:
-  raw = pathlib.Path(path).read_bytes()
+  raw = paths.path(path).read_bytes()
   if not raw.strip():
     stats.empty_files += 1
     log.warning('%s is empty: skipped', path)
@@ -142,44 +166,50 @@ def read_parquet(pattern: str, column: str, max_doc_chars: int = 100_000,
                  batch_rows: int = 4096) -> tuple[list[str], Stats]:
   """The text in `column` of Parquet files, read one record batch of that column at a time: a big file is
   never loaded whole, and the other columns are not read."""
-  import pyarrow as pa
-  import pyarrow.parquet as pq
   stats, docs = Stats(source=f'parquet:{pattern}:{column}'), []
   for path in _expand(pattern):
     stats.files += 1
-    try:
-      f = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-      raise ValueError(f'data.source: {path} is not a readable Parquet file ({e}); point the glob at .parquet '
-                       f'files') from None
-    schema = f.schema_arrow
-    if column not in schema.names:
-      raise ValueError(f'data.source: {path} has no column {column!r}; its columns are {schema.names}: name the '
-                       f'column that holds the text, as parquet:<glob>:<column>')
-    kind = str(schema.field(column).type)
-    if kind not in _TEXT_TYPES:
-      raise ValueError(f'data.source: column {column!r} of {path} holds {kind}, not text: name a string column, '
-                       f'as parquet:<glob>:<column>')
-    if f.metadata.num_rows == 0:
-      stats.empty_files += 1
-      log.warning('%s has no rows: skipped', path)
-      continue
-    try:
-      for batch in f.iter_batches(batch_size=batch_rows, columns=[column]):
-        for value in batch.column(0).to_pylist():
-          if value is None:
-            stats.null_values += 1
-            continue
-          if isinstance(value, bytes):
-            try:
-              value = value.decode('utf-8')
-            except UnicodeDecodeError:
-              stats.invalid_utf8_lines += 1
-              value = value.decode('utf-8', errors='replace')
-          _add(docs, value, stats, max_doc_chars)
-    except (pa.ArrowException, OSError) as e:
-      raise ValueError(f'data.source: reading {path} failed ({e}); the file may be truncated or corrupt') from None
+    with paths.path(path).open('rb') as fh:  # pyarrow reads the file object: local or gs://...
+      _read_parquet_file(path, fh, column, stats, docs, max_doc_chars, batch_rows)
   return docs, stats
+
+
+def _read_parquet_file(path: str, fh, column: str, stats: Stats, docs: list[str], max_doc_chars: int,
+                       batch_rows: int) -> None:
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  try:
+    f = pq.ParquetFile(fh)
+  except (pa.ArrowException, OSError) as e:
+    raise ValueError(f'data.source: {path} is not a readable Parquet file ({e}); point the glob at .parquet '
+                     f'files') from None
+  schema = f.schema_arrow
+  if column not in schema.names:
+    raise ValueError(f'data.source: {path} has no column {column!r}; its columns are {schema.names}: name the '
+                     f'column that holds the text, as parquet:<glob>:<column>')
+  kind = str(schema.field(column).type)
+  if kind not in _TEXT_TYPES:
+    raise ValueError(f'data.source: column {column!r} of {path} holds {kind}, not text: name a string column, '
+                     f'as parquet:<glob>:<column>')
+  if f.metadata.num_rows == 0:
+    stats.empty_files += 1
+    log.warning('%s has no rows: skipped', path)
+    return
+  try:
+    for batch in f.iter_batches(batch_size=batch_rows, columns=[column]):
+      for value in batch.column(0).to_pylist():
+        if value is None:
+          stats.null_values += 1
+          continue
+        if isinstance(value, bytes):
+          try:
+            value = value.decode('utf-8')
+          except UnicodeDecodeError:
+            stats.invalid_utf8_lines += 1
+            value = value.decode('utf-8', errors='replace')
+        _add(docs, value, stats, max_doc_chars)
+  except (pa.ArrowException, OSError) as e:
+    raise ValueError(f'data.source: reading {path} failed ({e}); the file may be truncated or corrupt') from None
 
 
 _DOC_SEP = '\n\x1e\n'  # ASCII record separator between documents in the cached file
@@ -300,6 +330,11 @@ def split_indices(n: int, validation_fraction: float) -> tuple[np.ndarray, np.nd
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _has_name(rest: str) -> bool:
+  """Whether '<glob>:<field>' ends with a field (the ':' of a gs:// glob is not one)."""
+  return rest.count(':') >= 1 and not rest.rpartition(':')[2].startswith('//')
+
+
 def read_documents(source: str, *, split: str = 'train', data_dir: str | None = None,
                    validation_fraction: float = 0.01, text_mode: str = 'line', max_doc_chars: int = 100_000,
                    cache_dir: str | None = None) -> tuple[Sequence[str], Stats]:
@@ -314,10 +349,10 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
     docs, stats = read_default(max_doc_chars, cache_dir)
   elif kind == 'text' and rest:
     docs, stats = read_text(rest, text_mode, max_doc_chars)
-  elif kind == 'jsonl' and rest.count(':') >= 1:
+  elif kind == 'jsonl' and _has_name(rest):
     pattern, _, field = rest.rpartition(':')
     docs, stats = read_jsonl(pattern, field, max_doc_chars)
-  elif kind == 'parquet' and rest.count(':') >= 1:
+  elif kind == 'parquet' and _has_name(rest):
     pattern, _, column = rest.rpartition(':')
     docs, stats = read_parquet(pattern, column, max_doc_chars)
   else:

@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from zoo import paths
+
 SPECIALS = ('[PAD]', '[UNK]', '[BOS]', '[EOS]', '[CLS]', '[SEP]', '[MASK]', '[sop]', '[eop]')
 PAD, UNK, BOS, EOS, CLS, SEP, MASK, SOP, EOP = range(len(SPECIALS))
 FIRST_SENTINEL = len(SPECIALS)
@@ -112,14 +114,15 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str, model_vocab_size: int | None = None) -> 'Tokenizer':
-    """Reads a .model file; with model_vocab_size, checks that every id fits the model's embedding."""
-    if not os.path.exists(path):
+    """Reads a .model file (local or gs://...); with model_vocab_size, checks that every id fits the model's
+    embedding."""
+    p = paths.path(path)
+    if not p.exists():
       raise FileNotFoundError(f'tokenizer file {path} does not exist: set data.tokenizer to a SentencePiece '
                               f"model file, or to 'train' to train one on data.source")
-    if os.path.isdir(path):
+    if p.is_dir():
       raise ValueError(f'tokenizer {path} is a directory: set data.tokenizer to a SentencePiece .model file')
-    with open(path, 'rb') as f:
-      tok = cls(f.read(), path)
+    tok = cls(p.read_bytes(), path)
     if model_vocab_size is not None:
       tok.check_vocab_size(model_vocab_size)
     return tok
@@ -131,10 +134,9 @@ class Tokenizer:
                        f'fastest on TPU), or train a smaller tokenizer (data.vocab_size)')
 
   def save(self, path: str) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-      f.write(self._proto)
-    os.replace(tmp, path)  # never a half-written tokenizer
+    tmp = paths.path(f'{os.fspath(path)}.tmp')
+    tmp.write_bytes(self._proto)
+    tmp.replace(path)  # never a half-written tokenizer
     self.path = path
 
   @property
@@ -328,8 +330,8 @@ def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Ite
     return Tokenizer.load(spec, model_vocab_size)
   if not workdir:
     raise ValueError("data.tokenizer='train' keeps the trained tokenizer in the workdir: give a workdir")
-  path = os.path.join(workdir, 'tokenizer.model')
-  if os.path.exists(path):
+  path = paths.join(workdir, 'tokenizer.model')
+  if paths.path(path).exists():
     tok = Tokenizer.load(path, model_vocab_size)
     asked = tok.requested_vocab_size
     if vocab_size not in (asked, tok.vocab_size):
@@ -337,7 +339,7 @@ def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Ite
       raise ValueError(f'{path} has {tok.vocab_size} pieces{trained} but data.vocab_size is {vocab_size}: this '
                        f'workdir belongs to another run; use a new --workdir, or set data.vocab_size={asked}')
     return tok
-  os.makedirs(workdir, exist_ok=True)
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
   tok = train_tokenizer(documents(), vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
                         source=source)
   if model_vocab_size is not None:

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from zoo import checkpoint as ckpt
+from zoo import paths
 from zoo.train import state as state_lib
 from zoo.train import steps
 from zoo.train.build import build, maybe_initialize_distributed
@@ -59,10 +60,11 @@ class Preemption:
 
 
 def _write_json(path: str, text: str) -> None:
+  """Written whole or not at all: a temporary file, then renamed (local or any epath filesystem)."""
   if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+    tmp = paths.path(f'{os.fspath(path)}.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 # Fields that decide which batches, masks and parameters a run sees: a resumed run must keep them.
@@ -88,11 +90,10 @@ def _flag(field: str, value) -> str:
 def check_same_run(config, workdir: str) -> None:
   """Refuse to resume the checkpoints in workdir with a config that would not continue their run, listing every
   field that differs and the flags that set them back."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.path(workdir) / 'config.json'
+  if not path.exists():
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(path.read_text())
   now = json.loads(config.to_json_best_effort())
   differ = []
   for field in RESUME_FIELDS:
@@ -152,13 +153,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   """
   if mode not in ('train', 'eval'):
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  workdir = paths.abspath(workdir)  # a local path made absolute; gs://... as it is
+  if paths.is_file(workdir):
     raise ValueError(f'workdir {workdir} is a file: give a directory (it is created if missing)')
   try:
-    os.makedirs(workdir, exist_ok=True)
+    paths.path(workdir).mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise ValueError(f'cannot create the workdir {workdir}: {e.strerror}') from None
+    raise ValueError(f'cannot create the workdir {workdir}: {e.strerror or e}') from None
   maybe_initialize_distributed(config)
   if mode == 'eval':
     ckpt.find_state(workdir)  # nothing to evaluate: say so before building anything
@@ -171,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
         return _eval_only(run, checkpointer)
       if checkpointer.latest_step() is not None:
         check_same_run(run.config, workdir)
-      _write_json(os.path.join(workdir, 'config.json'), run.config.to_json_best_effort(indent=1))
+      _write_json(paths.join(workdir, 'config.json'), run.config.to_json_best_effort(indent=1))
       return _train(run, checkpointer, callback)
     finally:
       checkpointer.close()
@@ -188,7 +189,7 @@ def _eval_only(run, checkpointer) -> dict:
 
 def _write_eval(run, step: int, metrics: dict) -> dict:
   metrics = {'step': int(step), **metrics}
-  _write_json(os.path.join(run.workdir, 'eval.json'), json.dumps(metrics, indent=1))
+  _write_json(paths.join(run.workdir, 'eval.json'), json.dumps(metrics, indent=1))
   say('eval  ' + '  '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in metrics.items()))
   return metrics
 
@@ -213,10 +214,10 @@ def _summary(run, start: int, step: int, seconds: float, train_m: dict, eval_m: 
                                                               k.endswith(('_loss', '_accuracy'))))
   lines = [f'done: steps {start + 1}-{step} of {cfg.train.steps} in {fmt_time(seconds)}',
            f'  train  {shown(train_m)}', f'  eval   {shown(eval_m)}',
-           f'  checkpoints  {os.path.join(w, "checkpoints")} (step {step})',
-           f'  metrics      {os.path.join(w, "metrics.jsonl")}, {os.path.join(w, "eval.json")}']
+           f'  checkpoints  {paths.join(w, "checkpoints")} (step {step})',
+           f'  metrics      {paths.join(w, "metrics.jsonl")}, {paths.join(w, "eval.json")}']
   if cfg.log.tensorboard:
-    lines.append(f'  tensorboard  tensorboard --logdir {os.path.join(w, "tensorboard")}')
+    lines.append(f'  tensorboard  tensorboard --logdir {paths.join(w, "tensorboard")}')
   return '\n'.join(lines)
 
 

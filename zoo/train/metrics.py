@@ -3,11 +3,13 @@ is computed from."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
-import os
 
 import jax
+
+from zoo import paths
 
 # Dense bf16 peak FLOP/s per device, by jax device_kind (prefix match).
 PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
@@ -98,23 +100,65 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
   return flops
 
 
+class _EpathEventFile:
+  """A TensorBoard event file on a non-local filesystem (gs://...), written through epath: object stores cannot
+  append, so the records are kept and the whole file is rewritten at each flush (as tensorboardX's own GCS writer
+  does; a run's scalars are small)."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = paths.path(path), io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFiles:
+  """tensorboardX's writer factory for a URI scheme: its event files go through epath."""
+
+  def open(self, path: str) -> _EpathEventFile:
+    return _EpathEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.path(path).mkdir(parents=True, exist_ok=True)
+
+
 class MetricWriter:
-  """metrics.jsonl (one JSON object per logged step) and TensorBoard event files (tensorboardX: no TensorFlow)."""
+  """metrics.jsonl (one JSON object per logged step) and TensorBoard event files (tensorboardX: no TensorFlow).
+
+  In a non-local workdir (gs://...) both are written through epath: metrics.jsonl is rewritten whole at each
+  row (object stores cannot append), and tensorboardX's event files go through `_EpathEventFiles`."""
 
   def __init__(self, workdir: str, tensorboard: bool):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = paths.join(workdir, 'metrics.jsonl')
+    self.local = paths.is_local(workdir)
+    self._rows = None  # a non-local metrics.jsonl's text, rewritten whole
+    if self.active and not self.local:
+      self._rows = paths.path(self.path).read_text() if paths.path(self.path).exists() else ''
     self.tb = None
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      if not self.local:
+        from tensorboardX import record_writer
+        record_writer.register_writer_factory(str(workdir).split(':', 1)[0], _EpathEventFiles())
+      self.tb = SummaryWriter(paths.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict, prefix: str = '') -> None:
     if not self.active:
       return
     row = {'step': step, **{f'{prefix}{k}': v for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    if self.local:
+      with paths.path(self.path).open('a') as f:
+        f.write(json.dumps(row) + '\n')
+    else:
+      self._rows += json.dumps(row) + '\n'
+      paths.path(self.path).write_text(self._rows)
     if self.tb:
       for k, v in row.items():
         if k != 'step' and isinstance(v, (int, float)):
