@@ -1,5 +1,5 @@
 """ALBERT: factorized embeddings and shared layers, trained with MLM + sentence-order prediction (SOP: the
-two pieces of a pair in order, or swapped).
+two pieces of a pair in order, or swapped); MLM masks n-grams of up to 3 whole words, p(n) ~ 1/n.
 
   python train.py --config=configs/albert.py:tiny --workdir=workdir/albert
   python train.py --config=configs/albert.py:base --workdir=DIR --config.model.dtype=bfloat16
@@ -22,5 +22,7 @@ def get_config(size: str = 'tiny'):
   c.objective.name = 'sop'
   c.objective.pair_task = 'sop'
   c.objective.positive_rate = 0.5  # pairs in order
+  c.objective.masking = 'whole_word'  # n-grams of whole words ...
+  c.objective.ngram_max = 3  # ... of n <= 3 words, p(n) ~ 1/n (ALBERT's n-gram masking)
   c.optimizer.learning_rate = 2e-3 if (size or 'tiny') == 'tiny' else 1.76e-3  # LAMB's in the paper
   return c

@@ -1,5 +1,6 @@
 """BERT pretraining as published: MLM + next-sentence prediction on "[CLS] A [SEP] B [SEP]" pairs cut at
-sentence boundaries; B follows A half of the time and comes from another document otherwise.
+sentence boundaries; B follows A half of the time and comes from another document (by document id, even when a
+document spans packed rows) otherwise.
 
   python train.py --config=configs/bert_nsp.py:tiny --workdir=workdir/bert_nsp
 """
@@ -11,4 +12,5 @@ def get_config(size: str = 'tiny'):
   c.objective.name = 'nsp'
   c.objective.pair_task = 'nsp'  # nsp: B from another document; sop: A and B swapped
   c.objective.positive_rate = 0.5  # pairs in order
+  c.objective.earlier = 64  # document pieces kept from earlier batches, for a batch that holds one document
   return c

@@ -26,4 +26,7 @@ def get_config(size: str = 'tiny'):
   c.optimizer.learning_rate = 3e-3 if tiny else 1e-2
   c.optimizer.warmup_steps = 30 if tiny else 10_000
   c.optimizer.weight_decay = 0.0
+  if not tiny:  # T5's: Adafactor at 1e-2, inverse-square-root decay after 10k steps (linear warm-up here)
+    c.optimizer.name = 'adafactor'
+    c.optimizer.decay = 'rsqrt'
   return c

@@ -172,22 +172,109 @@ def test_whole_word_masking_never_masks_part_of_a_word():
   assert abs(chosen_total / maskable_total - 0.15) < 0.01
 
 
-def test_span_masking_lengths_follow_the_clipped_geometric():
+def truncated_geometric(p, m):
+  """SpanBERT's span-length law: Geometric(p) given <= m (resampled, not clipped): pmf, mean and sd."""
+  k = np.arange(1, m + 1)
+  pmf = p * (1 - p) ** (k - 1) / (1 - (1 - p) ** m)
+  mean = (k * pmf).sum()
+  return pmf, mean, np.sqrt((k ** 2 * pmf).sum() - mean ** 2)
+
+
+def test_span_masking_lengths_follow_the_truncated_geometric():
   obj = objectives.make('mlm', vocab_size=V, num_special=SPECIAL, masking='span', word_starts=WORD_STARTS)
+  pmf, mean, sd = truncated_geometric(0.2, 10)
+  assert abs(mean - 3.79) < 0.01  # the paper's 3.8; clipping at 10 would give (1 - 0.8 ** 10) / 0.2 = 4.46
   rng = np.random.default_rng(5)
   lengths = []
-  for step in range(200):
-    tokens = word_batch(rng, b=1, t=512)['tokens'][0]
+  for step in range(300):
+    batch = word_batch(rng, b=1, t=512)
+    tokens = batch['tokens'][0]
     ok = tokens >= SPECIAL
-    obj._choose_words(tokens, ok, int(0.15 * ok.sum()), np.random.default_rng(step), spans=lengths)
-  expected = (1 - 0.8 ** 10) / 0.2  # E[min(Geometric(0.2), 10)] = sum_{k<10} 0.8^k = 4.46
-  assert max(lengths) == 10 and min(lengths) >= 1
-  assert abs(np.mean(lengths) - expected) < 0.25, np.mean(lengths)
+    before = len(lengths)
+    chosen, group = obj._choose_spans(tokens, ok, int(0.15 * ok.sum()), np.random.default_rng(step),
+                                      spans=lengths)
+    lo, hi = obj.units(tokens, ok)
+    words = []
+    for g in range(group.max() + 1):
+      span = chosen[group == g]
+      assert (np.diff(span) == 1).all() and ok[span].all()  # contiguous text, never a special token
+      assert span[0] in lo and span[-1] + 1 in hi  # whole words ...
+      words.append(np.searchsorted(lo, span[-1], 'right') - np.searchsorted(lo, span[0]))
+    assert sorted(words) == sorted(lengths[before:])  # ... as many as each drawn length (in position order)
+  n = len(lengths)
+  assert n > 2000 and min(lengths) >= 1 and max(lengths) == 10
+  assert abs(np.mean(lengths) - mean) <= 5 * sd / np.sqrt(n), (np.mean(lengths), mean)
+  counts = np.bincount(lengths, minlength=11)[1:]
+  for k in range(10):  # each length's frequency: 3.0% are 10 words long, not clipping's 13.4%
+    assert within(counts[k], n, pmf[k]), (k + 1, counts[k] / n, pmf[k])
   # and through `example`: whole words only, about 15% of the tokens
   batch = word_batch(rng)
   ex = obj.example(batch, np.random.default_rng(0))
   assert abs(ex['mlm_weights'].sum() / ((batch['segment_ids'] > 0) & (batch['tokens'] >= SPECIAL)).sum()
              - 0.15) < 0.02
+
+
+def test_span_masking_replaces_whole_spans_80_10_10():
+  big = 100_000  # a random replacement draws the original token 1 time in 10^5: counted as kept
+  obj = objectives.make('mlm', vocab_size=big, num_special=SPECIAL, masking='span',
+                        word_starts=np.arange(big) >= 100)
+  rng = np.random.default_rng(11)
+  kinds = np.zeros(3, int)  # spans all [MASK], all random, all kept
+  for step in range(150):
+    batch = word_batch(rng, b=1, t=512)
+    batch['tokens'] = np.where(batch['tokens'] >= 100, batch['tokens'] * 97, batch['tokens'])
+    tokens, ok = batch['tokens'][0], batch['tokens'][0] >= SPECIAL
+    ex = obj.example(batch, np.random.default_rng(step))
+    # a one-row batch: example draws the row's spans first, from the same generator
+    chosen, group = obj.choose(tokens, ok, np.random.default_rng(step))
+    w = ex['mlm_weights'][0] > 0
+    np.testing.assert_array_equal(ex['mlm_positions'][0][w], chosen)
+    new = ex['tokens'][0]
+    for g in range(group.max() + 1):
+      span = chosen[group == g]
+      kind = np.where(new[span] == tk.MASK, 0, np.where(new[span] == tokens[span], 2, 1))
+      assert (kind == kind[0]).all(), (new[span], tokens[span])  # every span is one kind
+      kinds[kind[0]] += 1
+  n = kinds.sum()
+  assert n > 1000
+  assert within(kinds[0], n, 0.8) and within(kinds[1], n, 0.1) and within(kinds[2], n, 0.1), kinds / n
+
+
+@pytest.mark.parametrize('masking', ['whole_word', 'token'])
+def test_ngram_masking_lengths_are_proportional_to_one_over_n(masking):
+  obj = objectives.make('mlm', vocab_size=V, num_special=SPECIAL, masking=masking, ngram_max=3,
+                        word_starts=WORD_STARTS)
+  rng = np.random.default_rng(12)
+  lengths = []
+  for step in range(150):
+    tokens = word_batch(rng, b=1, t=512)['tokens'][0]
+    ok = tokens >= SPECIAL
+    before = len(lengths)
+    chosen, _ = obj._choose_spans(tokens, ok, int(0.15 * ok.sum()), np.random.default_rng(step), spans=lengths)
+    if masking == 'token':
+      assert len(chosen) == sum(lengths[before:])  # n-grams of n tokens
+  n = len(lengths)
+  p = np.array([1, 1 / 2, 1 / 3]) / (1 + 1 / 2 + 1 / 3)  # 0.545, 0.273, 0.182
+  counts = np.bincount(lengths, minlength=4)[1:]
+  assert n > 2000 and counts.sum() == n
+  for k in range(3):
+    assert within(counts[k], n, p[k]), (k + 1, counts / n, p)
+  # through `example`: about 15% of the tokens, whole words with whole_word, the replacement per token
+  batch = word_batch(rng)
+  ex = obj.example(batch, np.random.default_rng(0))
+  maskable = (batch['segment_ids'] > 0) & (batch['tokens'] >= SPECIAL)
+  assert abs(ex['mlm_weights'].sum() / maskable.sum() - 0.15) < 0.02
+  if masking == 'whole_word':
+    for row in range(batch['tokens'].shape[0]):
+      chosen = set(ex['mlm_positions'][row][ex['mlm_weights'][row] > 0])
+      for word in obj.words(batch['tokens'][row], maskable[row]):
+        assert len(chosen & set(word)) in (0, len(word))
+
+
+def test_albert_recipe_masks_whole_word_ngrams():
+  from configs import albert
+  c = albert.get_config('tiny').objective
+  assert (c.name, c.masking, c.ngram_max) == ('sop', 'whole_word', 3)
 
 
 def test_static_masking_repeats_per_example():
@@ -251,6 +338,53 @@ def test_sentence_pairs(task):
       total += 1
   assert within(positives, total, 0.5)
   assert ex['pair_weights'].sum() == ex['tokens'].shape[0]
+
+
+def concat_batch(rng, first_doc=0, b=8, t=128, n_docs=4):
+  """concat packing: n_docs long documents (tokens 1000 + 100 d + 10 s + k) in one stream cut every t tokens, so
+  a document continues in the next row under a new segment id; document_ids as the pipeline's."""
+  toks, sents, ids = [], [], []
+  for d in range(first_doc, first_doc + n_docs):
+    for k in range(1, 8):
+      n = int(rng.integers(2, 9))
+      toks += list(1000 + 100 * d + 10 * k + np.arange(n))
+      sents += [k] * n
+      ids += [d + 1] * n
+  toks, sents, ids = (np.resize(np.asarray(x, np.int32), b * t).reshape(b, t) for x in (toks, sents, ids))
+  seg = np.ones((b, t), np.int32) + np.concatenate([np.zeros((b, 1), np.int32), np.cumsum(np.diff(ids) != 0, 1)], 1)
+  return {'tokens': toks, 'segment_ids': seg, 'sentence_ids': sents, 'document_ids': ids,
+          'positions': np.zeros_like(seg)}
+
+
+def test_nsp_negatives_come_from_another_document_under_concat_packing():
+  obj = objectives.make('nsp', vocab_size=100_000, num_special=SPECIAL, mask_rate=0.0)
+  rng = np.random.default_rng(13)
+  negatives = 0
+  for step in range(30):
+    batch = concat_batch(rng, b=4, t=64, n_docs=2)  # np.resize repeats the 2 documents: they span rows
+    assert len(set(batch['document_ids'][:, 0])) < 4  # rows continue each other's documents
+    ex = obj.example(batch, np.random.default_rng(step))
+    for row in range(4):
+      tokens = ex['tokens'][row]
+      seps = np.flatnonzero(tokens == tk.SEP)
+      a, b = tokens[1:seps[0]], tokens[seps[0] + 1:seps[1]]
+      if ex['pair_labels'][row] == 0:
+        assert not set((a - 1000) // 100) & set((b - 1000) // 100)  # never its own document, in any row
+        negatives += 1
+  assert negatives > 20
+  # a batch of one document (in every row): the negative comes from an earlier batch, else a clear refusal
+  fresh = objectives.make('nsp', vocab_size=100_000, num_special=SPECIAL, mask_rate=0.0, positive_rate=0.0)
+  one = concat_batch(rng, first_doc=7, b=2, t=32, n_docs=1)
+  with pytest.raises(ValueError, match=r"objective.pair_task='nsp'.*one document.*train.batch_size"):
+    fresh.example(one, np.random.default_rng(0))
+  fresh.example(concat_batch(rng, b=2, t=32, n_docs=2), np.random.default_rng(1))
+  ex = fresh.example(one, np.random.default_rng(2))
+  assert (ex['pair_labels'] == 0).all()  # no forced positive label
+  for row in range(2):
+    tokens = ex['tokens'][row]
+    seps = np.flatnonzero(tokens == tk.SEP)
+    assert set((tokens[1:seps[0]] - 1000) // 100) == {7}
+    assert set((tokens[seps[0] + 1:seps[1]] - 1000) // 100) <= {0, 1}
 
 
 def test_denoising_with_no_noise_reconstructs_exactly():

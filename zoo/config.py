@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'causal_lm'  # mlm, causal_lm or span_corruption (zoo.objectives)
+  c.objective.label_smoothing = 0.0  # smooth every cross-entropy target by this (optax.smooth_labels; 0.1: Vaswani)
 
   c.task = ml_collections.ConfigDict()
   c.task.name = ''  # '' : pretraining (objective.*); or fine-tuning: classification, tagging, qa, sft
@@ -64,9 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 20  # batches of the validation split per evaluation (0: all of it)
 
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adamw'  # or 'adafactor' (T5's: factored second moments; b1, b2, eps do not apply)
   c.optimizer.learning_rate = 1e-3  # peak learning rate
   c.optimizer.warmup_steps = 100  # linear warm-up from 0
-  c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up
+  c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up; rsqrt: the Transformer's 1/sqrt(step)
   c.optimizer.decay_steps = -1  # where the decay ends (-1: train.steps); fix it to split one run in parts
   c.optimizer.end_lr_fraction = 0.1  # final learning rate / peak
   c.optimizer.weight_decay = 0.01  # AdamW decay, not applied to biases and norm scales
@@ -137,6 +139,7 @@ _INT, _FLOAT = 'int', 'float'
 RULES = {
     'seed': (_INT, 0, None),
     'model.dropout_rate': (_FLOAT, 0.0, 0.99), 'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'objective.label_smoothing': (_FLOAT, 0.0, 0.99),
     'data.vocab_size': (_INT, 1, None), 'data.num_sentinels': (_INT, 0, None),
     'data.packing': ('concat', 'first_fit', 'pad'), 'data.text_mode': ('line', 'paragraph'),
     'data.tokenizer_type': ('unigram', 'bpe'), 'data.validation_fraction': (_FLOAT, 0.0, 0.5),
@@ -146,7 +149,8 @@ RULES = {
     'train.microbatches': (_INT, 1, None), 'train.eval_every': (_INT, 0, None),
     'train.eval_batches': (_INT, 0, None),
     'optimizer.learning_rate': (_FLOAT, 0.0, 10.0), 'optimizer.warmup_steps': (_INT, 0, None),
-    'optimizer.decay': ('cosine', 'linear', 'constant'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
+    'optimizer.name': ('adamw', 'adafactor'),
+    'optimizer.decay': ('cosine', 'linear', 'constant', 'rsqrt'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
     'optimizer.weight_decay': (_FLOAT, 0.0, 10.0), 'optimizer.b1': (_FLOAT, 0.0, 0.9999),
     'optimizer.b2': (_FLOAT, 0.0, 0.99999), 'optimizer.eps': (_FLOAT, 0.0, 1.0),
     'optimizer.clip_norm': (_FLOAT, 0.0, None),

@@ -1,5 +1,5 @@
-"""The optimizer: optax AdamW with warm-up and cosine / linear decay, decay masked off biases and norm scales,
-and clipping by global norm.
+"""The optimizer: optax AdamW (or Adafactor, T5's) with warm-up and cosine / linear / inverse-square-root decay,
+weight decay masked off biases and norm scales, and clipping by global norm.
 
 >>> from zoo.config import base_config
 >>> tx, schedule = make_optimizer(base_config().optimizer, total_steps=1000)
@@ -10,7 +10,25 @@ from __future__ import annotations
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
+
+
+def rsqrt_schedule(peak: float, warmup: int) -> optax.Schedule:
+  """The Transformer's schedule (Vaswani et al. 2017, 5.3): d^-0.5 * min(step^-0.5, step * warmup^-1.5), scaled
+  so its top (at step = warmup) is `peak`: peak * min(step / warmup, sqrt(warmup / step)). Linear warm-up, then
+  1/sqrt(step) decay with no end; warmup 0 counts as 1 (peak at step 1).
+
+  >>> s = rsqrt_schedule(1e-2, 100)
+  >>> [round(float(s(step)), 6) for step in (0, 50, 100, 400, 10_000)]
+  [0.0, 0.005, 0.01, 0.005, 0.001]
+  """
+  w = float(max(warmup, 1))
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    return peak * jnp.minimum(step / w, jnp.sqrt(w / jnp.maximum(step, 1.0)))
+  return schedule
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -18,6 +36,8 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_fraction
   warmup = cfg.warmup_steps
   decay_steps = max(decay_steps, warmup + 1)  # a run shorter than its warm-up still gets a schedule
+  if cfg.decay == 'rsqrt':  # decay_steps and end_lr_fraction do not apply: it decays as 1/sqrt(step) for ever
+    return rsqrt_schedule(peak, warmup)
   if cfg.decay == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end)
   rest = max(decay_steps - warmup, 1)
@@ -26,7 +46,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   elif cfg.decay == 'constant':
     after = optax.constant_schedule(peak)
   else:
-    raise ValueError(f"optimizer.decay={cfg.decay!r}: use 'cosine', 'linear' or 'constant'")
+    raise ValueError(f"optimizer.decay={cfg.decay!r}: use 'cosine', 'linear', 'constant' or 'rsqrt'")
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
@@ -46,8 +66,18 @@ def make_optimizer(cfg, total_steps: int, frozen=None) -> tuple[optax.GradientTr
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           mask=lambda p: decay_mask(flax.linen.unbox(p))))
+  mask = lambda p: decay_mask(flax.linen.unbox(p))  # noqa: E731
+  name = cfg.get('name', 'adamw')
+  if name == 'adamw':
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask))
+  elif name == 'adafactor':
+    # T5's (Shazeer & Stern 2018, optax's defaults): factored second moments, no first moment, updates clipped to
+    # RMS 1 and scaled by the parameter's RMS, so the learning rate is a relative step (1e-2 in T5). b1, b2 and
+    # eps are Adam's and do not apply.
+    parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
+                                 weight_decay_mask=mask if cfg.weight_decay else None))
+  else:
+    raise ValueError(f"optimizer.name={name!r}: use 'adamw' or 'adafactor'")
   tx = optax.chain(*parts)
   if frozen is not None:
     labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)

@@ -5,6 +5,8 @@ Every batch is a dict of int32 numpy arrays [batch, seq_len]:
   segment_ids  1, 2, ... for the documents packed into a row, 0 for padding
   positions    position of each token inside its document piece (restarting at 0 in each segment)
   sentence_ids (with sentences=True) the sentence of each token inside its document, 1, 2, ... (0 = padding)
+  document_ids (with sentences=True) the document of each token: its index in `docs` plus 1 (0 = padding), the
+               same in every row a document reaches (NSP draws its negatives from another document id)
   word_starts  (with word_segmenter='jieba') 1 where a token starts a word, Chinese words included
 
 Packing (`packing=`):
@@ -48,7 +50,10 @@ class Tokenize:
   sentences: bool = False
   word_segmenter: str = ''  # 'jieba': add word_starts from a Chinese word segmenter
 
-  def __call__(self, text: str) -> dict:
+  def __call__(self, text: str | tuple[int, str]) -> dict:
+    index = None
+    if isinstance(text, tuple):  # (index in the corpus, text): add document_ids
+      index, text = text
     if self.sentences:
       ids, sentence_ids = self.tokenizer.encode_sentences(text)
     else:
@@ -63,7 +68,13 @@ class Tokenize:
     if sentence_ids is not None:  # [EOS] belongs to the last sentence
       out['sentence_ids'] = np.append(sentence_ids, sentence_ids[-1:] if len(sentence_ids) else 1)[:len(ids)]
       out['sentence_ids'] = out['sentence_ids'].astype(np.int32)
+    if index is not None:
+      out['document_ids'] = np.full(len(ids), index + 1, np.int32)
     return out
+
+
+def _with_index(index: int, text: str) -> tuple[int, str]:
+  return index, text
 
 
 class _Chunk(ge.FlatMapTransform):
@@ -132,21 +143,23 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   num_workers > 0 tokenizes and packs in that many worker processes; otherwise a thread prefetches
   `prefetch` batches. pad_last_batch (evaluation) fills the last, short batch with padding rows
   (segment_ids 0) instead of dropping it. packing_bins: rows first_fit fills at once (more: fuller rows;
-  128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids`. word_segmenter
-  ('jieba'): add `word_starts` (1 where a token starts a word) for whole-word masking of Chinese.
+  128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids` and `document_ids`.
+  word_segmenter ('jieba'): add `word_starts` (1 where a token starts a word) for whole-word masking of Chinese.
   """
   if packing not in PACKINGS:
     raise ValueError(f'data.packing must be one of {PACKINGS}, got {packing!r}')
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index {shard_index} must be in [0, {shard_count})')
   ds = grain.MapDataset.source(docs)
+  if sentences:  # before sharding and shuffling: a document's id is its index in docs
+    ds = ds.map_with_index(_with_index)
   ds = ds[shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
   it = ds.to_iter_dataset()
-  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len} if sentences else {}),
+  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len, 'document_ids': seq_len} if sentences else {}),
              **({'word_starts': seq_len} if word_segmenter else {})}
   if packing == 'concat':
     it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)

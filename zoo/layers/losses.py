@@ -8,6 +8,13 @@ log-likelihood and one correct/incorrect per token, and drops them. The chunk fu
 `jax.checkpoint`, so the backward pass recomputes one chunk's logits at a time instead of saving them all:
 temporary memory is O(chunk_size * V) rather than O(N * V). The gradient is JAX autodiff.
 
+Label smoothing (`label_smoothing` = a, Szegedy et al. 2016; 0.1 in the Transformer) is optax's: the target is
+`optax.smooth_labels(one_hot(label, K), a)` = (1 - a) * one_hot + a / K over the K classes of the logits, and the
+loss -sum(target * log_softmax) = logsumexp(logits) - (1 - a) * logits[label] - a * mean(logits). K is the width
+of the logits, i.e. the model's vocab_size, padded past the tokenizer's (to a multiple of 128): the padding ids
+get their a / K share too, as optax would give them (the model learns to give them little probability either
+way). a = 0 is exactly the unsmoothed loss (the mean is not computed).
+
 The dtype policy is zoo's (zoo.layers.common): the matmul operands are cast to `dtype` (float32, or bfloat16)
 and accumulate in float32; logits, log-probabilities and losses are float32. The kernel is cast inside each
 chunk, so its gradient adds up over the chunks in the kernel's own dtype (float32 parameters), not in `dtype`.
@@ -63,24 +70,28 @@ def _label_logit_jvp(primals, tangents):
   return _label_logit(logits, labels), jnp.sum(jnp.where(mask, tangents[0], 0.0), axis=-1)
 
 
-def _token_terms(hidden, kernel, bias, labels, *, transposed, dtype):
-  """Per-token (nll, correct) [C] for hidden [C, D]: nll = logsumexp(logits) - logits[label]."""
+def _token_terms(hidden, kernel, bias, labels, *, transposed, dtype, label_smoothing=0.0):
+  """Per-token (nll, correct) [C] for hidden [C, D]: nll = logsumexp(logits) - logits[label] (smoothed: see top)."""
   logits = logits_from(hidden, kernel, bias, transposed, dtype)
-  nll = jax.nn.logsumexp(logits, axis=-1) - _label_logit(logits, labels)
+  target = _label_logit(logits, labels)
+  if label_smoothing:
+    target = (1.0 - label_smoothing) * target + label_smoothing * jnp.mean(logits, axis=-1)
+  nll = jax.nn.logsumexp(logits, axis=-1) - target
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return nll, correct
 
 
 def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, weights: jax.Array, *,
                           bias: jax.Array | None = None, transposed: bool = False, chunk_size: int = 4096,
-                          dtype: Dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
+                          dtype: Dtype = jnp.float32, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """Summed token cross-entropy and number of correct argmax predictions, both weighted, chunk by chunk.
 
   hidden [..., D] (any float dtype); kernel [D, V], or [V, D] when `transposed` (a tied embedding table);
   bias [V] or None; labels [...] int; weights [...] (0 or 1). Returns (loss_sum, correct_sum), float32
   scalars: what `zoo.objectives.base.cross_entropy` returns for logits = hidden @ kernel (+ bias) computed in
   float32 (from `dtype` operands), without ever holding more than `chunk_size` tokens' logits, forward or
-  backward. Chunks run along the sequence axis (hidden [B, T, D]: each chunk holds every row and about
+  backward. `label_smoothing` (a Python float) smooths the targets as optax does (see the module docstring). Chunks
+  run along the sequence axis (hidden [B, T, D]: each chunk holds every row and about
   chunk_size / B positions, so a data-parallel batch stays sharded); the positions are padded up to a multiple
   of the chunk (the padded terms are dropped before weighting). When one chunk holds them all there is no scan.
 
@@ -102,7 +113,7 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, labels: jax.Arra
   def terms(h, kernel, bias, labels):  # [R, C, D] -> per token [R, C]
     r, c = labels.shape
     nll, correct = _token_terms(h.reshape(r * c, d), kernel, bias, labels.reshape(r * c), transposed=transposed,
-                                dtype=dtype)
+                                dtype=dtype, label_smoothing=label_smoothing)
     return nll.reshape(r, c), correct.reshape(r, c)
   step = max(1, chunk_size // rows)  # positions per chunk
   if length <= step:
@@ -131,9 +142,10 @@ class Features:
   transposed: bool = struct.field(pytree_node=False, default=False)
   dtype: Dtype = struct.field(pytree_node=False, default=jnp.float32)
 
-  def cross_entropy(self, labels, weights, chunk_size: int = CHUNK_TOKENS):
+  def cross_entropy(self, labels, weights, chunk_size: int = CHUNK_TOKENS, label_smoothing: float = 0.0):
     return chunked_cross_entropy(self.hidden, self.kernel, labels, weights, bias=self.bias,
-                                 transposed=self.transposed, chunk_size=chunk_size, dtype=self.dtype)
+                                 transposed=self.transposed, chunk_size=chunk_size, dtype=self.dtype,
+                                 label_smoothing=label_smoothing)
 
 
 def output(hidden, kernel, bias=None, *, transposed: bool = False, dtype: Dtype = jnp.float32, logits: bool = True):

@@ -14,6 +14,13 @@ from zoo.layers import common
 from zoo.layers.attention import MultiHeadAttention
 
 
+def scaled_init(init: common.Initializer, scale: float) -> common.Initializer:
+  """`init`'s draws times `scale` (normal(0.02) -> normal(0.02 * scale)); scale 1 is `init` itself."""
+  if scale == 1.0:
+    return init
+  return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * jnp.asarray(scale, dtype)
+
+
 class Mlp(nn.Module):
   """Position-wise feed-forward: wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) for gated activations."""
   mlp_dim: int
@@ -23,6 +30,8 @@ class Mlp(nn.Module):
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
   adapters: adapters_lib.Adapters | None = None  # LoRA on wi / wo when 'mlp' is a target
+  wi_init: common.Initializer | None = None  # None: kernel_init (T5: normal(d_model^-0.5))
+  wo_init: common.Initializer | None = None  # None: kernel_init (GPT-2: scaled by 1/sqrt(2 L); T5: d_ff^-0.5)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -30,7 +39,7 @@ class Mlp(nn.Module):
 
     def wi(name):
       y = common.dense(self.mlp_dim, ('embed', 'mlp'), use_bias=self.use_bias, dtype=self.dtype,
-                       kernel_init=self.kernel_init, name=name)(x)
+                       kernel_init=self.wi_init or self.kernel_init, name=name)(x)
       return y + adapters_lib.lora(self, self.adapters, name, x, self.mlp_dim, ('embed', 'mlp'), deterministic)
     f32 = lambda y: act(y.astype(jnp.float32)).astype(y.dtype)  # noqa: E731  fused: bf16 in and out, f32 inside
     if gated:
@@ -40,7 +49,7 @@ class Mlp(nn.Module):
     h = common.constrain(h, ('batch', 'length', 'mlp'))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)  # T5 drops here too
     y = common.dense(x.shape[-1], ('mlp', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
-                     kernel_init=self.kernel_init, name='wo')(h)
+                     kernel_init=self.wo_init or self.kernel_init, name='wo')(h)
     return y + adapters_lib.lora(self, self.adapters, 'wo', h, x.shape[-1], ('mlp', 'embed'), deterministic)
 
 
@@ -70,6 +79,11 @@ class TransformerBlock(nn.Module):
   scanned: bool = False  # return (x, None) for nn.scan
   attention: str = 'xla'  # the attention implementation (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
+  # GPT-2's 1/sqrt(2 num_layers): the projections that write into the residual stream start this much smaller
+  # (the MLP's wo here; the attention output needs zoo.layers.attention to take its own init).
+  residual_init_scale: float = 1.0
+  mlp_wi_init: common.Initializer | None = None  # None: kernel_init (T5: Mesh TF's normal(d_model^-0.5))
+  mlp_wo_init: common.Initializer | None = None  # None: kernel_init scaled by residual_init_scale
 
   @nn.compact
   def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
@@ -91,8 +105,10 @@ class TransformerBlock(nn.Module):
     if self.cross_attention:
       x = sublayer('cross_attention', lambda h: attention(name='cross_attention')(
           h, encoded, cross_mask, None, None, deterministic, False), x)
+    wo_init = self.mlp_wo_init or scaled_init(self.kernel_init, self.residual_init_scale)
     x = sublayer('mlp', lambda h: Mlp(self.mlp_dim, self.activation, self.use_bias, self.dropout_rate,
-                                      self.dtype, self.kernel_init, self.adapters, name='mlp')(h, deterministic),
+                                      self.dtype, self.kernel_init, self.adapters, wi_init=self.mlp_wi_init,
+                                      wo_init=wo_init, name='mlp')(h, deterministic),
                  x)
     x = common.constrain(x, ('batch', 'length', 'embed'))
     return (x, None) if self.scanned else x

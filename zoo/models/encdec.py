@@ -34,7 +34,7 @@ T5_PUBLISHED_PARAMS = {'small': 60_506_624, 'base': 222_903_552, 'large': 737_66
 
 _BART = dict(vocab_size=50265, max_len=1024, position='learned', activation='gelu', norm='layernorm',
              norm_eps=1e-5, pre_ln=False, use_bias=True, attention_scale=None, embedding_norm=True,
-             scale_tied_logits=False)
+             scale_tied_logits=False, mesh_tf_init=False)
 BART_SIZES = {
     'tiny': dict(_BART, vocab_size=512, max_len=128, num_encoder_layers=2, num_decoder_layers=2,
                  embed_dim=64, num_heads=4, head_dim=16, mlp_dim=128),
@@ -45,6 +45,14 @@ BART_SIZES = {
 }
 # HF BartModel with 1,026 learned positions (zoo keeps 1,024: 3,072 fewer).
 BART_PUBLISHED_PARAMS = {'base': 139_420_416, 'large': 406_291_456}
+
+
+def _mesh_tf_mlp_init(d_model: int, d_ff: int, on: bool) -> dict:
+  """T5's MLP initialisation (Mesh TensorFlow; transformers' T5PreTrainedModel._init_weights): wi (wi_0, wi_1)
+  ~ N(0, d_model^-0.5), wo ~ N(0, d_ff^-0.5); {} (zoo's normal(0.02)) when off."""
+  if not on:
+    return {}
+  return dict(mlp_wi_init=nn.initializers.normal(d_model ** -0.5), mlp_wo_init=nn.initializers.normal(d_ff ** -0.5))
 
 
 class _Stack(nn.Module):
@@ -67,6 +75,7 @@ class _Stack(nn.Module):
   relative_max_distance: int
   attention_scale: float | None
   embedding_norm: bool
+  mesh_tf_init: bool
   dropout_rate: float
   dtype: common.Dtype
   scan_layers: bool
@@ -113,7 +122,8 @@ class _Stack(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=self.pre_ln,
         use_bias=self.use_bias, cross_attention=self.causal, dropout_rate=self.dropout_rate,
-        attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters, attention=self.attention)
+        attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters, attention=self.attention,
+        **_mesh_tf_mlp_init(self.embed_dim, self.mlp_dim, self.mesh_tf_init))
     x = transformer.stack_layers(block, self.num_layers, x, mask, bias, None, encoded, cross_mask,
                                  deterministic, decode, scan=self.scan_layers, remat=self.remat)
     if self.pre_ln:
@@ -143,6 +153,11 @@ class EncoderDecoder(nn.Module):
   relative_max_distance: int = 128
   attention_scale: float | None = 1.0  # T5 folds 1/sqrt(d) into the initialisation
   embedding_norm: bool = False  # BART's layernorm_embedding
+  # T5's initialisation (Mesh TF): MLP wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5). Not yet the token embeddings'
+  # N(0, 1) (step 0 would start ~0.7 nats above chance: tests/test_train's chance check), nor the attention's
+  # q (d_model d_kv)^-0.5, k/v d_model^-0.5, o (heads d_kv)^-0.5 or the relative bias d_model^-0.5: those need
+  # zoo.layers.attention / position to take per-projection inits (normal(0.02) now).
+  mesh_tf_init: bool = True
   tie_embeddings: bool = True
   scale_tied_logits: bool = True  # T5: logits = (x * d^-0.5) E^T
   dropout_rate: float = 0.1
@@ -160,7 +175,8 @@ class EncoderDecoder(nn.Module):
         norm_eps=self.norm_eps, pre_ln=self.pre_ln, use_bias=self.use_bias, position=self.position,
         max_len=self.max_len, relative_buckets=self.relative_buckets,
         relative_max_distance=self.relative_max_distance, attention_scale=self.attention_scale,
-        embedding_norm=self.embedding_norm, dropout_rate=self.dropout_rate, dtype=self.dtype,
+        embedding_norm=self.embedding_norm, mesh_tf_init=self.mesh_tf_init, dropout_rate=self.dropout_rate,
+        dtype=self.dtype,
         scan_layers=self.scan_layers, remat=self.remat, adapters=self.adapters, attention=self.attention)
     self.encoder = stack(causal=False, num_layers=self.num_encoder_layers)
     self.decoder = stack(causal=True, num_layers=self.num_decoder_layers)

@@ -77,7 +77,7 @@ class Gpt(nn.Module):
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=True,
         dropout_rate=self.dropout_rate, rotary=self.position == 'rotary', dtype=self.dtype, adapters=self.adapters,
-        attention=self.attention)
+        attention=self.attention, residual_init_scale=(2 * self.num_layers) ** -0.5)  # GPT-2 (2.3)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, positions, None, None, deterministic,
                                  decode, scan=self.scan_layers, remat=self.remat)
     x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)

@@ -6,6 +6,10 @@ draws the same masks), says which arrays the model takes (`inputs`), and scores 
 (`terms`: per loss term, the summed loss and the number of predictions that are correct; `counts`: per term,
 how many predictions there are). The trainer divides the sums by the counts of the *global* batch, so the
 loss does not depend on how the batch is split over devices or micro-batches.
+
+Label smoothing is an option of every objective and task (`objective.label_smoothing`, or a task's
+`task.fields.label_smoothing`; default 0): each `terms` passes its rate to `cross_entropy`. The loss it reports,
+train and eval, is then the smoothed one, as t5x's `loss` is.
 """
 from __future__ import annotations
 
@@ -21,18 +25,23 @@ from zoo.layers import losses
 Batch = dict[str, np.ndarray]
 
 
-def cross_entropy(logits, labels, weights):
+def cross_entropy(logits, labels, weights, label_smoothing: float = 0.0):
   """Summed token cross-entropy and number of correct argmax predictions, both weighted.
 
   logits [..., V] (float32), or a model's `zoo.layers.losses.Features` (hidden states and output projection:
   the loss is then computed chunk by chunk, never holding [B, T, V] float32); labels [...] int, weights [...]
-  (0 or 1). Returns (loss_sum, correct_sum).
+  (0 or 1). Returns (loss_sum, correct_sum). `label_smoothing` smooths the targets as `optax.smooth_labels`
+  does, over the V classes of the logits (the model's vocab_size, padding included): see zoo.layers.losses. Not
+  for logits masked with -inf (their mean is).
   """
+  a = float(label_smoothing)
   if isinstance(logits, losses.Features):
-    return logits.cross_entropy(labels, weights)
+    return logits.cross_entropy(labels, weights, label_smoothing=a)
   logits = logits.astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  if a:
+    nll = (1.0 - a) * nll - a * jnp.mean(logp, axis=-1)
   weights = weights.astype(jnp.float32)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return jnp.sum(nll * weights), jnp.sum(correct * weights)
@@ -43,6 +52,7 @@ class Objective:
   """Base class: subclasses fill in example / inputs / terms / counts."""
   vocab_size: int  # the tokenizer's: random replacement tokens are drawn below it
   num_special: int  # ids [0, num_special) are special tokens and sentinels: never masked or corrupted
+  label_smoothing: float = 0.0  # every cross-entropy of `terms` smooths its targets by this (0.1: the Transformer)
 
   name = 'objective'
   perplexity = False  # report exp(loss): true for language-model losses
@@ -89,7 +99,7 @@ class TargetObjective(Objective):
   lean_loss = True
 
   def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
+    return {'lm': cross_entropy(outputs, example['targets'], example['weights'], self.label_smoothing)}
 
   def counts(self, example):
     return {'lm': example['weights'].sum()}

@@ -3,12 +3,15 @@
 Each example is "[CLS] A [SEP] B [SEP]" with token types 0 (A) and 1 (B), cut from the documents of the batch
 at their sentence boundaries (the pipeline's `sentence_ids`):
   NSP: B is the text that follows A in the same document half of the time (label 1), and text from another
-       document otherwise (label 0);
+       document otherwise (label 0): another document *id* (the pipeline's document_ids), so a document that
+       concat packing continues into the next row is never its own negative. A batch that holds one document
+       draws the negative from the last `earlier` documents of earlier batches, and refuses when there are none;
   SOP: B follows A half of the time (label 1); otherwise the same two pieces come swapped (label 0).
 Then MLM masking (any of Mlm's modes) applies to A and B. The loss is the MLM loss plus the pair loss.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -18,16 +21,22 @@ from zoo.objectives.base import Batch, cross_entropy
 from zoo.objectives.mlm import Mlm
 
 
-def documents(batch: Batch, num_special: int) -> list[list[np.ndarray]]:
-  """The batch's documents (each packed segment of each row) as lists of sentences of ordinary tokens."""
-  docs = []
-  for tokens, seg, sent in zip(batch['tokens'], batch['segment_ids'], batch['sentence_ids']):
+def documents(batch: Batch, num_special: int) -> tuple[list[list[np.ndarray]], np.ndarray]:
+  """The batch's document pieces (each packed segment of each row) as lists of sentences of ordinary tokens,
+  and each piece's document id: the pipeline's document_ids (one document over all the rows it reaches), else
+  one id per segment of each row (negative numbers)."""
+  docs, ids = [], []
+  t = batch['tokens'].shape[1]
+  doc_ids = batch.get('document_ids')
+  for row, (tokens, seg, sent) in enumerate(zip(batch['tokens'], batch['segment_ids'], batch['sentence_ids'])):
     for s in np.unique(seg[seg > 0]):
       in_doc = seg == s
       sentences = [tokens[in_doc & (sent == k)] for k in np.unique(sent[in_doc])]
-      sentences = [x[x >= num_special] for x in sentences]
-      docs.append([x for x in sentences if len(x)])
-  return [d for d in docs if d]
+      sentences = [y for y in (x[x >= num_special] for x in sentences) if len(y)]
+      if sentences:
+        docs.append(sentences)
+        ids.append(int(doc_ids[row][in_doc][0]) if doc_ids is not None else -(row * (t + 1) + int(s)))
+  return docs, np.asarray(ids, np.int64)
 
 
 def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +53,28 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, rng) -> tuple[np.nda
 class MlmNsp(Mlm):
   pair_task: str = 'nsp'  # 'nsp' (B from another document) or 'sop' (A and B swapped)
   positive_rate: float = 0.5  # fraction of pairs in order (label 1)
+  earlier: int = 64  # NSP: pieces of earlier batches' documents kept for a batch that holds only one document
 
   name = 'nsp'
   needs_sentences = True
 
-  def pair(self, docs, rng, limit: int):
+  def __post_init__(self):
+    self._earlier = collections.deque(maxlen=max(self.earlier, 0))  # (document id, sentences)
+
+  def negative(self, docs, ids, d: int, rng) -> list[np.ndarray]:
+    """The sentences of a document piece whose document id is not ids[d]: from this batch, else an earlier one."""
+    others = np.flatnonzero(ids != ids[d])
+    if len(others):
+      return docs[int(others[rng.integers(len(others))])]
+    pool = [doc for key, doc in self._earlier if key != ids[d]]
+    if not pool:
+      raise ValueError(
+          f"objective.pair_task='nsp' takes B of a negative pair from another document, but this batch holds "
+          f"one document (id {ids[d]}) and no earlier batch left another: raise train.batch_size or lower "
+          f"train.seq_len (more documents per batch), raise objective.earlier, or use objective.pair_task='sop'")
+    return pool[int(rng.integers(len(pool)))]
+
+  def pair(self, docs, ids, rng, limit: int):
     """(A, B, label): A and B as token arrays, label 1 when B follows A."""
     d = int(rng.integers(len(docs)))
     doc = docs[d]
@@ -61,11 +87,9 @@ class MlmNsp(Mlm):
     if not label:
       if self.pair_task == 'sop':
         a, b = b, a
-      elif len(docs) > 1:  # NSP: B from another document, from a random sentence on
-        other = docs[(d + int(rng.integers(1, len(docs)))) % len(docs)]
+      else:  # NSP: B from another document, from a random sentence on
+        other = self.negative(docs, ids, d, rng)
         b = np.concatenate(other[int(rng.integers(len(other))):])
-      else:
-        label = 1  # a batch of one document has no other document to draw from
     a, b = truncate_pair(a, b, limit, rng)
     return a, b, label
 
@@ -73,7 +97,7 @@ class MlmNsp(Mlm):
     if self.pair_task not in ('nsp', 'sop'):
       raise ValueError(f"objective.pair_task={self.pair_task!r}: use 'nsp' or 'sop'")
     b, t = batch['tokens'].shape
-    docs = documents(batch, self.num_special)
+    docs, ids = documents(batch, self.num_special)
     tokens = np.zeros((b, t), np.int32)
     types = np.zeros((b, t), np.int32)
     labels = np.zeros((b,), np.int32)
@@ -81,11 +105,13 @@ class MlmNsp(Mlm):
     for row in range(b):
       if not docs:
         continue
-      a, bb, labels[row] = self.pair(docs, rng, t - 3)
+      a, bb, labels[row] = self.pair(docs, ids, rng, t - 3)
       pair = np.concatenate([[tk.CLS], a, [tk.SEP], bb, [tk.SEP]]).astype(np.int32)
       tokens[row, :len(pair)] = pair
       types[row, len(a) + 2:len(pair)] = 1
       weights[row] = 1.0
+    if 'document_ids' in batch:  # real documents (not a dummy batch's): kept for later one-document batches
+      self._earlier.extend(zip(ids.tolist(), docs))
     seg = (tokens > 0).astype(np.int32)
     positions = np.where(seg > 0, np.arange(t, dtype=np.int32)[None], 0)
     out = super().example({'tokens': tokens, 'segment_ids': seg, 'positions': positions}, rng)
@@ -97,15 +123,17 @@ class MlmNsp(Mlm):
 
   def terms(self, outputs, example):
     return {**super().terms(outputs, example),
-            self.pair_task: cross_entropy(outputs['nsp_logits'], example['pair_labels'], example['pair_weights'])}
+            self.pair_task: cross_entropy(outputs['nsp_logits'], example['pair_labels'],
+                                          example['pair_weights'], self.label_smoothing)}
 
   def counts(self, example):
     return {**super().counts(example), self.pair_task: example['pair_weights'].sum()}
 
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
-    batch = super().dummy_batch(batch_size, seq_len)
-    batch['sentence_ids'] = np.broadcast_to((np.arange(seq_len) >= seq_len // 2) + 1, (batch_size, seq_len))
-    batch['sentence_ids'] = batch['sentence_ids'].astype(np.int32)
+    batch = super().dummy_batch(batch_size, seq_len)  # two documents a row (NSP needs another), two sentences each
+    quarter = np.arange(seq_len) * 4 // max(seq_len, 1)
+    batch['segment_ids'] = np.broadcast_to(quarter // 2 + 1, (batch_size, seq_len)).astype(np.int32)
+    batch['sentence_ids'] = np.broadcast_to(quarter % 2 + 1, (batch_size, seq_len)).astype(np.int32)
     return batch
 
 

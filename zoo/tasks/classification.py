@@ -88,7 +88,7 @@ class Classification(Task):
     return {'tokens': example['tokens'], 'token_types': example['token_types']}
 
   def terms(self, outputs, example):
-    return {'cls': cross_entropy(outputs['logits'], example['labels'], example['weights'])}
+    return {'cls': cross_entropy(outputs['logits'], example['labels'], example['weights'], self.label_smoothing)}
 
   def predict(self, outputs, example):
     return {'label': outputs['logits'].argmax(-1)}

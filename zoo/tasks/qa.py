@@ -131,8 +131,8 @@ class QuestionAnswering(Task):
 
   def terms(self, outputs, example):
     start, end = self._logits(outputs, example)
-    return {'start': cross_entropy(start, example['start'], example['weights']),
-            'end': cross_entropy(end, example['end'], example['weights'])}
+    return {'start': cross_entropy(start, example['start'], example['weights'], self.label_smoothing),
+            'end': cross_entropy(end, example['end'], example['weights'], self.label_smoothing)}
 
   def predict(self, outputs, example):
     start, end = self._logits(outputs, example)

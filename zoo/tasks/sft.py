@@ -69,7 +69,7 @@ class Sft(Task):
     return {'tokens': example['tokens'], 'segment_ids': example['segment_ids']}
 
   def terms(self, outputs, example):
-    return {'lm': cross_entropy(outputs, example['targets'], example['weights'])}
+    return {'lm': cross_entropy(outputs, example['targets'], example['weights'], self.label_smoothing)}
 
   def predict(self, outputs, example):
     return {'next': outputs.argmax(-1)}

@@ -85,7 +85,7 @@ class Tagging(Task):
     return {'tokens': example['tokens']}
 
   def terms(self, outputs, example):
-    return {'tag': cross_entropy(outputs['logits'], example['labels'], example['weights'])}
+    return {'tag': cross_entropy(outputs['logits'], example['labels'], example['weights'], self.label_smoothing)}
 
   def predict(self, outputs, example):
     return {'tags': outputs['logits'].argmax(-1)}

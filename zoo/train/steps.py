@@ -43,7 +43,7 @@ def term_metrics(terms, counts) -> dict:
 def train_step_fn(run):
   """step(state, example, rng) -> (state, metrics); under pmap it sums over the placement's axis."""
   cfg = run.config
-  deterministic = cfg.model.dropout_rate == 0.0
+  deterministic = cfg.model.dropout_rate == 0.0 and cfg.adapters.lora_dropout == 0.0  # LoRA has its own rate
   n_micro = cfg.train.microbatches
   axis = run.placement.axis_name
 
