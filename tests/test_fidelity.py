@@ -202,3 +202,34 @@ def test_adafactor_is_optax_adafactor_and_t5_uses_it():
   c.optimizer.name = 'sgd'
   with pytest.raises(ValueError, match='optimizer.name'):
     check(c)
+
+
+@pytest.mark.slow
+def test_adafactor_trains_t5_the_same_on_every_layout(tokenizer_path):
+  """Adafactor's factored moments are not parameter-shaped: the sharded state must still place them (replicated),
+  and the losses match one device's."""
+  import importlib
+  import sys
+  sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent))
+  from zoo import config as config_lib
+  from zoo import train
+  curves = {}
+  for name, layout in {'one': {'mesh.devices': 1}, 'fsdp': {'mesh.data': 4, 'mesh.fsdp': 2},
+                       'tensor': {'mesh.data': 2, 'mesh.tensor': 4}}.items():
+    c = config_lib.override(importlib.import_module('configs.t5').get_config('tiny'), {
+        'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'train.seq_len': 32, 'train.batch_size': 8,
+        'optimizer.name': 'adafactor', 'optimizer.decay': 'rsqrt', 'optimizer.learning_rate': 1e-2,
+        'optimizer.warmup_steps': 1, 'model.dropout_rate': 0.0, **layout})
+    run = train.build(c, '/nonexistent-unused')
+    state, step = train.init_state(run), train.make_train_step(run)
+    example = run.placement.put(run.objective.example(next(iter(run.inputs.train_dataset(run))),
+                                                      train.example_rng(0, 0)))
+    curve = []
+    for _ in range(4):
+      state, metrics = step(state, example, jax.random.key(0))
+      curve.append(float(run.placement.fetch(metrics)['loss']))
+    curves[name] = curve
+  one = curves['one']  # the rsqrt schedule's first step has learning rate 0; then every step goes downhill
+  assert one[0] == one[1] and one[3] < one[2] < one[1], curves
+  for name in ('fsdp', 'tensor'):
+    np.testing.assert_allclose(curves[name], curves['one'], rtol=1e-5, err_msg=name)

@@ -98,13 +98,15 @@ class Jit(Placement):
     return str(dict(self.mesh.shape))
 
   def state_shardings(self, boxed, abstract, tx, rules):
-    """NamedShardings of the state: parameters by their logical axes, optimizer moments like them."""
+    """NamedShardings of the state: parameters by their logical axes, optimizer moments of a parameter's shape
+    like it; other per-parameter state (Adafactor's factored rows and columns) is small and replicated."""
     from zoo.train.state import TrainState
     param_shardings = parallel.param_shardings(boxed.params, self.mesh, rules)
     repl = parallel.replicated(self.mesh)
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  frozen parameters have no state
-    opt_shardings = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abstract.opt_state,
-                                          param_shardings, transform_non_params=lambda _: repl, is_leaf=masked)
+    like = lambda x, s, p: x if masked(x) else (s if x.shape == p.shape else repl)  # noqa: E731
+    opt_shardings = optax.tree_map_params(tx, like, abstract.opt_state, param_shardings, abstract.params,
+                                          transform_non_params=lambda _: repl, is_leaf=masked)
     return TrainState(step=repl, params=param_shardings, opt_state=opt_shardings)
 
   def context(self):
