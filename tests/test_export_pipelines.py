@@ -98,17 +98,26 @@ def test_gpt_export_files(gpt_export, gpt_workdir):
 
 @pytest.mark.slow
 def test_gpt_pipeline_continues_as_zoo_generate(gpt_export, gpt_zoo_text, gpt_workdir):
-  pipe = transformers.pipeline('text-generation', model=gpt_export, device='cpu')
-  for prompt, want in zip(PROMPTS, gpt_zoo_text):
-    out = pipe(prompt, do_sample=False, max_new_tokens=MAX_NEW, return_full_text=False)
-    assert out[0]['generated_text'] == want, prompt
-  assert all(len(t) > 0 for t in gpt_zoo_text)  # a continuation, not only the prompt
-  # six steps of training greedily continue with new lines: the logits on the transformers tokenizer's ids
-  # check the rest
   import jax.numpy as jnp
   import torch
   import zoo
   loaded = zoo.load(gpt_workdir)
+  pipe = transformers.pipeline('text-generation', model=gpt_export, device='cpu')
+  for prompt, want in zip(PROMPTS, gpt_zoo_text):
+    out = pipe(prompt, do_sample=False, max_new_tokens=MAX_NEW, return_full_text=False)
+    if out[0]['generated_text'] != want:
+      # a barely trained model has near ties; transformers' greedy choice must then be one of zoo's: at every
+      # step its token's logit (zoo's, on the same prefix) is within 1e-4 of zoo's largest
+      ids = pipe.tokenizer(prompt)['input_ids']
+      with torch.no_grad():
+        row = pipe.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=MAX_NEW)[0].tolist()
+      logits = np.asarray(loaded.model.apply({'params': loaded.params}, jnp.asarray([row])))[0]
+      for t in range(len(ids), len(row)):
+        step = logits[t - 1, :loaded.tokenizer.vocab_size]
+        assert step.max() - step[row[t]] < 1e-4, (prompt, t, step.max() - step[row[t]])
+  assert all(len(t) > 0 for t in gpt_zoo_text)  # a continuation, not only the prompt
+  # six steps of training greedily continue with new lines: the logits on the transformers tokenizer's ids
+  # check the rest
   for prompt in PROMPTS:
     ids = pipe.tokenizer(prompt)['input_ids']
     assert ids == loaded.tokenizer.encode(prompt)
