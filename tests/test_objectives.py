@@ -372,19 +372,23 @@ def test_nsp_negatives_come_from_another_document_under_concat_packing():
         assert not set((a - 1000) // 100) & set((b - 1000) // 100)  # never its own document, in any row
         negatives += 1
   assert negatives > 20
-  # a batch of one document (in every row): the negative comes from an earlier batch, else a clear refusal
+  # a batch of one document (in every row): the negative comes from an earlier batch; with none, the pair
+  # teaches nothing (weight 0), never a forced positive
   fresh = objectives.make('nsp', vocab_size=100_000, num_special=SPECIAL, mask_rate=0.0, positive_rate=0.0)
   one = concat_batch(rng, first_doc=7, b=2, t=32, n_docs=1)
-  with pytest.raises(ValueError, match=r"objective.pair_task='nsp'.*one document.*train.batch_size"):
-    fresh.example(one, np.random.default_rng(0))
-  fresh.example(concat_batch(rng, b=2, t=32, n_docs=2), np.random.default_rng(1))
-  ex = fresh.example(one, np.random.default_rng(2))
-  assert (ex['pair_labels'] == 0).all()  # no forced positive label
+  alone = fresh.example(one, np.random.default_rng(0))
+  assert (alone['pair_weights'] == 0).all() and (alone['pair_labels'] == 0).all()
+  fresh.example(concat_batch(rng, b=2, t=32, n_docs=2), np.random.default_rng(1))  # documents 0 and 1
+  nine = concat_batch(rng, first_doc=9, b=2, t=32, n_docs=1)
+  for _ in range(3 * fresh.earlier):  # a long document fills many batches: it takes one place in the buffer
+    fresh.example(nine, np.random.default_rng(3))
+  ex = fresh.example(nine, np.random.default_rng(2))
+  assert (ex['pair_labels'] == 0).all() and (ex['pair_weights'] == 1).all()
   for row in range(2):
     tokens = ex['tokens'][row]
     seps = np.flatnonzero(tokens == tk.SEP)
-    assert set((tokens[1:seps[0]] - 1000) // 100) == {7}
-    assert set((tokens[seps[0] + 1:seps[1]] - 1000) // 100) <= {0, 1}
+    assert set((tokens[1:seps[0]] - 1000) // 100) == {9}
+    assert set((tokens[seps[0] + 1:seps[1]] - 1000) // 100) <= {0, 1}  # from the documents seen before it
 
 
 def test_denoising_with_no_noise_reconstructs_exactly():

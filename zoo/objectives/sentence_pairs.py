@@ -5,7 +5,9 @@ at their sentence boundaries (the pipeline's `sentence_ids`):
   NSP: B is the text that follows A in the same document half of the time (label 1), and text from another
        document otherwise (label 0): another document *id* (the pipeline's document_ids), so a document that
        concat packing continues into the next row is never its own negative. A batch that holds one document
-       draws the negative from the last `earlier` documents of earlier batches, and refuses when there are none;
+       draws the negative from the last `earlier` distinct documents of earlier batches; when there is none (the
+       first batches of a run, a long document right after a resume), that row's pair has weight 0: no label
+       is taught (never a forced positive), and the MLM loss still counts;
   SOP: B follows A half of the time (label 1); otherwise the same two pieces come swapped (label 0).
 Then MLM masking (any of Mlm's modes) applies to A and B. The loss is the MLM loss plus the pair loss.
 """
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 
 import numpy as np
 
 from zoo.data import tokenizer as tk
 from zoo.objectives.base import Batch, cross_entropy
 from zoo.objectives.mlm import Mlm
+
+log = logging.getLogger('zoo')
 
 
 def documents(batch: Batch, num_special: int) -> tuple[list[list[np.ndarray]], np.ndarray]:
@@ -53,29 +58,42 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, rng) -> tuple[np.nda
 class MlmNsp(Mlm):
   pair_task: str = 'nsp'  # 'nsp' (B from another document) or 'sop' (A and B swapped)
   positive_rate: float = 0.5  # fraction of pairs in order (label 1)
-  earlier: int = 64  # NSP: pieces of earlier batches' documents kept for a batch that holds only one document
+  earlier: int = 64  # NSP: distinct documents of earlier batches kept for a batch that holds only one document
 
   name = 'nsp'
   needs_sentences = True
 
   def __post_init__(self):
-    self._earlier = collections.deque(maxlen=max(self.earlier, 0))  # (document id, sentences)
+    self._earlier = collections.OrderedDict()  # document id -> its latest piece's sentences, oldest first
 
-  def negative(self, docs, ids, d: int, rng) -> list[np.ndarray]:
-    """The sentences of a document piece whose document id is not ids[d]: from this batch, else an earlier one."""
+  def remember(self, docs, ids) -> None:
+    """Keep the latest piece of each of the last `earlier` distinct documents (a long document that fills many
+    batches takes one place, not all of them)."""
+    for key, doc in zip(ids.tolist(), docs):
+      self._earlier.pop(key, None)
+      self._earlier[key] = doc
+    while len(self._earlier) > max(self.earlier, 0):
+      self._earlier.popitem(last=False)
+
+  def negative(self, docs, ids, d: int, rng) -> list[np.ndarray] | None:
+    """The sentences of a document piece whose document id is not ids[d]: from this batch, else an earlier one;
+    None when there is none."""
     others = np.flatnonzero(ids != ids[d])
     if len(others):
       return docs[int(others[rng.integers(len(others))])]
-    pool = [doc for key, doc in self._earlier if key != ids[d]]
+    pool = [doc for key, doc in self._earlier.items() if key != ids[d]]
     if not pool:
-      raise ValueError(
-          f"objective.pair_task='nsp' takes B of a negative pair from another document, but this batch holds "
-          f"one document (id {ids[d]}) and no earlier batch left another: raise train.batch_size or lower "
-          f"train.seq_len (more documents per batch), raise objective.earlier, or use objective.pair_task='sop'")
+      if not getattr(self, '_said', False):
+        log.info("objective.pair_task='nsp': a batch holds one document and no earlier batch left another, so "
+                 'its negative pairs are left out of the NSP loss (weight 0); more documents per batch (a larger '
+                 'train.batch_size or a shorter train.seq_len) avoid it')
+        self._said = True
+      return None
     return pool[int(rng.integers(len(pool)))]
 
   def pair(self, docs, ids, rng, limit: int):
-    """(A, B, label): A and B as token arrays, label 1 when B follows A."""
+    """(A, B, label, weight): A and B as token arrays, label 1 when B follows A; weight 0 for a negative that has
+    no other document to come from."""
     d = int(rng.integers(len(docs)))
     doc = docs[d]
     if len(doc) == 1:  # one sentence: split it in two pieces
@@ -83,15 +101,18 @@ class MlmNsp(Mlm):
       doc = [doc[0][:cut], doc[0][cut:]] if len(doc[0]) > 1 else [doc[0], doc[0][:0]]
     split = int(rng.integers(1, len(doc)))
     a, b = np.concatenate(doc[:split]), np.concatenate(doc[split:])
-    label = int(rng.random() < self.positive_rate)
+    label, weight = int(rng.random() < self.positive_rate), 1.0
     if not label:
       if self.pair_task == 'sop':
         a, b = b, a
       else:  # NSP: B from another document, from a random sentence on
         other = self.negative(docs, ids, d, rng)
-        b = np.concatenate(other[int(rng.integers(len(other))):])
+        if other is None:
+          weight = 0.0
+        else:
+          b = np.concatenate(other[int(rng.integers(len(other))):])
     a, b = truncate_pair(a, b, limit, rng)
-    return a, b, label
+    return a, b, label, weight
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     if self.pair_task not in ('nsp', 'sop'):
@@ -105,13 +126,12 @@ class MlmNsp(Mlm):
     for row in range(b):
       if not docs:
         continue
-      a, bb, labels[row] = self.pair(docs, ids, rng, t - 3)
+      a, bb, labels[row], weights[row] = self.pair(docs, ids, rng, t - 3)
       pair = np.concatenate([[tk.CLS], a, [tk.SEP], bb, [tk.SEP]]).astype(np.int32)
       tokens[row, :len(pair)] = pair
       types[row, len(a) + 2:len(pair)] = 1
-      weights[row] = 1.0
     if 'document_ids' in batch:  # real documents (not a dummy batch's): kept for later one-document batches
-      self._earlier.extend(zip(ids.tolist(), docs))
+      self.remember(docs, ids)
     seg = (tokens > 0).astype(np.int32)
     positions = np.where(seg > 0, np.arange(t, dtype=np.int32)[None], 0)
     out = super().example({'tokens': tokens, 'segment_ids': seg, 'positions': positions}, rng)
