@@ -7,7 +7,8 @@ at their sentence boundaries (the pipeline's `sentence_ids`):
        concat packing continues into the next row is never its own negative. A batch that holds one document
        draws the negative from the last `earlier` distinct documents of earlier batches; when there is none (the
        first batches of a run, a long document right after a resume), that row's pair has weight 0: no label
-       is taught (never a forced positive), and the MLM loss still counts;
+       is taught (never a forced positive), and the MLM loss still counts. The buffer is not in the checkpoint:
+       right after a resume, a one-document batch's negatives differ from an uninterrupted run's;
   SOP: B follows A half of the time (label 1); otherwise the same two pieces come swapped (label 0).
 Then MLM masking (any of Mlm's modes) applies to A and B. The loss is the MLM loss plus the pair loss.
 """
