@@ -21,6 +21,7 @@ import time
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from zoo import paths
 from zoo.errors import UserError
 from zoo.layers import transformer
 
@@ -170,9 +171,8 @@ def plan(config, workdir: str, topology: str) -> dict:
   }
   if not out['fits']:
     out['fixes'] = fixes(config, peak, chip.hbm_gib, out['mesh'])
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'aot.json'), 'w') as f:
-    json.dump(out, f, indent=2)
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
+  paths.path(workdir).joinpath('aot.json').write_text(json.dumps(out, indent=2))
   return out
 
 

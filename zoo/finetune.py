@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import jax
 import ml_collections
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
-from zoo import models, registry, tasks
+from zoo import models, paths, registry, tasks
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as adapters_lib
 
@@ -29,11 +28,10 @@ _KEEP = ('dtype', 'dropout_rate')  # model fields the fine-tuning config keeps; 
 
 def pretrained_config(init_from: str) -> ml_collections.ConfigDict:
   """The config.json of the workdir `init_from` (or of the workdir above a checkpoint directory)."""
-  path = os.path.abspath(os.path.expanduser(init_from))
-  for d in (path, os.path.dirname(os.path.dirname(path))):
-    if os.path.isfile(os.path.join(d, 'config.json')):
-      with open(os.path.join(d, 'config.json')) as f:
-        return ml_collections.ConfigDict(json.load(f)), d
+  path = paths.abspath(init_from, expanduser=True)
+  for d in (path, paths.join(paths.path(path).parent.parent)):
+    if paths.is_file(paths.join(d, 'config.json')):
+      return ml_collections.ConfigDict(json.loads(paths.path(d).joinpath('config.json').read_text())), d
   raise FileNotFoundError(f'task.init_from={init_from!r}: no config.json there; point it at a workdir that '
                           f'train.py pretrained')
 
@@ -63,8 +61,8 @@ def _inherit(config) -> None:
     if saved.data.tokenizer != 'train':
       config.data.tokenizer = saved.data.tokenizer
     else:
-      config.data.tokenizer = os.path.join(workdir, 'tokenizer.model')
-      if not os.path.isfile(config.data.tokenizer):
+      config.data.tokenizer = paths.join(workdir, 'tokenizer.model')
+      if not paths.is_file(config.data.tokenizer):
         raise FileNotFoundError(f'task.init_from: {config.data.tokenizer} is missing; the tokenizer the model '
                                 f'was pretrained with is needed (or set data.tokenizer to it)')
   config.data.vocab_size = saved.data.vocab_size

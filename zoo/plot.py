@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Sequence
+
+from zoo import paths
 
 # Task metrics shown in the second panel when a workdir has them (fine-tuning), besides the eval loss.
 _EVAL_METRICS = ('eval_accuracy', 'eval_f1', 'eval_entity_f1', 'eval_exact_match', 'eval_token_accuracy',
@@ -28,11 +29,11 @@ _EVAL_METRICS = ('eval_accuracy', 'eval_f1', 'eval_entity_f1', 'eval_exact_match
 
 def read_metrics(workdir: str) -> list[dict]:
   """The rows of workdir/metrics.jsonl (a clear error when the run wrote none)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
+  path = paths.join(workdir, 'metrics.jsonl')
+  if not paths.is_file(path):
     raise FileNotFoundError(f'{path} is missing: plot workdirs that train.py wrote')
   rows = []
-  with open(path) as f:
+  with paths.path(path).open() as f:
     for line in f:
       line = line.strip()
       if line:
@@ -61,7 +62,7 @@ def plot(workdirs: Sequence[str], out: str | None = None, labels: Sequence[str] 
   accuracy_axis = None
   for i, workdir in enumerate(workdirs):
     rows = read_metrics(workdir)
-    name = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
+    name = labels[i] if labels else paths.path(workdir).name
     color = f'C{i}'
     steps, loss = curves(rows, 'loss')
     left.plot(steps, loss, color=color, label=name)
