@@ -16,11 +16,14 @@ their names (ClassLabel), so a task sees the same values from TFDS as from a fil
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
+
+from zoo import paths
 
 
 def read_records(spec: str, *, field: str = 'task.train', data_dir: str | None = None,
@@ -29,10 +32,10 @@ def read_records(spec: str, *, field: str = 'task.train', data_dir: str | None =
   error messages."""
   kind, _, rest = spec.partition(':')
   if kind in ('tsv', 'csv', 'jsonl'):
-    path = os.path.expanduser(rest)
-    if not os.path.isfile(path):
+    path = os.path.expanduser(rest) if paths.is_local(rest) else rest
+    if not paths.is_file(path):
       raise FileNotFoundError(f'{field}={spec!r}: no file {path}')
-    with open(path, encoding='utf-8', newline='') as f:
+    with io.StringIO(paths.path(path).read_bytes().decode('utf-8'), newline='') as f:  # as csv wants it
       if kind == 'jsonl':
         out = []
         for i, line in enumerate(f, 1):
