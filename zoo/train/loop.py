@@ -13,6 +13,7 @@ from typing import Callable
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from zoo import checkpoint as ckpt
 from zoo import paths
@@ -77,10 +78,7 @@ def _flat(tree, prefix: str) -> dict:
   """{dotted field: value} of a JSON config section (a leaf keeps its own name)."""
   if not isinstance(tree, dict):
     return {prefix: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f'{prefix}.{k}'))
-  return out
+  return {f'{prefix}.{k}': v for k, v in traverse_util.flatten_dict(tree, sep='.').items()}
 
 
 def _flag(field: str, value) -> str:
