@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -183,10 +184,9 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
   assert proc.returncode != 0 and 'hiddne' in out
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_mesh(tokenizer_path, tmp_path):
-  """Multi-host on one machine: two processes of 4 CPU devices each join one 8-device mesh through
-  jax.distributed; each feeds its own half of the global batch; process 0 writes the logs."""
+def _two_processes(tmp_path, tokenizer_path, signal_at=None):
+  """Two processes of 4 CPU devices each, joined into one 8-device mesh through jax.distributed. With signal_at,
+  process 1 gets SIGTERM as soon as process 0 logs that step. Returns both return codes and outputs."""
   import socket
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -202,9 +202,32 @@ def test_two_processes_train_one_mesh(tokenizer_path, tmp_path):
             f'--config.distributed.coordinator_address=localhost:{port}',
             '--config.distributed.num_processes=2', f'--config.distributed.process_id={pid}']
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs
-  assert '8 cpu device(s)' in outs[0] and 'step 12/12' in outs[0]
+  out0 = []
+  for line in procs[0].stdout:
+    out0.append(line)
+    if signal_at and line.startswith(f'step {signal_at:>2}/12'):
+      procs[1].send_signal(signal.SIGTERM)
+  procs[0].wait()
+  outs = [''.join(out0), procs[1].communicate(timeout=600)[0]]
+  return [p.returncode for p in procs], outs
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_mesh_and_stop_together(tokenizer_path, tmp_path):
+  """Multi-host on one machine: two processes of 4 CPU devices each join one 8-device mesh through
+  jax.distributed; each feeds its own half of the global batch; process 0 writes the logs. SIGTERM to process 1
+  alone (at step 1, while process 1 may be waiting in the agreement's gather) makes both save the same step and
+  exit 0; the rerun resumes there and finishes."""
+  codes, outs = _two_processes(tmp_path, tokenizer_path, signal_at=1)
+  assert codes == [0, 0], outs
+  stopped = re.search(r'stopped at step (\d+): checkpoint saved', outs[0])
+  assert stopped, outs[0][-3000:]
+  at = int(stopped.group(1))
+  assert 1 <= at < 12 and 'step 12/12' not in outs[0]
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [at]
+  codes, outs = _two_processes(tmp_path, tokenizer_path)
+  assert codes == [0, 0], outs
+  assert f'resumed from step {at}' in outs[0] and '8 cpu device(s)' in outs[0] and 'step 12/12' in outs[0]
   assert 'step 12/12' not in outs[1]  # only process 0 reports
   curve = losses(tmp_path)
   assert curve[12] < curve[1] - 0.3

@@ -30,7 +30,8 @@ class Preemption:
   interrupts at once."""
 
   def __init__(self):
-    self.requested = False
+    self.signalled = False  # set by this process's handler only: never cleared by a gather's stale answer
+    self.requested = False  # the last agree(): signalled on any process, the same answer on every process
     self._old = {}
 
   def __enter__(self):
@@ -43,16 +44,21 @@ class Preemption:
 
   def _handle(self, signum, frame):
     del frame
-    if self.requested and signum == signal.SIGINT:
+    if self.signalled and signum == signal.SIGINT:
       raise KeyboardInterrupt
-    self.requested = True
+    self.signalled = True
     say(f'signal {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping')
 
   def agree(self) -> bool:
-    """Whether any process was asked to stop: every process must stop at the same step."""
+    """Whether any process was asked to stop: every process must stop at the same step.
+
+    A signal that lands while this process waits in the gather (after its own flag was sent) is kept for the next
+    step's gather rather than overwritten by the answer, so that every process stops at the same step."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      self.requested = bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+      self.requested = bool(multihost_utils.process_allgather(np.array(self.signalled)).any())
+    else:
+      self.requested = self.signalled
     return self.requested
 
   def __exit__(self, *exc):
@@ -255,10 +261,11 @@ def _train(run, checkpointer, callback=None) -> dict:
       step += 1
       steps_since += 1
       watch.add(step, metrics.pop('finite'))
+      stop = preempt.agree()  # before any branch that gathers: every process takes the same ones
       if step == start + 1:
         jax.block_until_ready(metrics)
         t_log, steps_since = time.time(), 0  # speed is measured after the first step's compilation
-      if step % cfg.log.every == 0 or step == cfg.train.steps or preempt.requested or step == start + 1:
+      if step % cfg.log.every == 0 or step == cfg.train.steps or stop or step == start + 1:
         watch.check()
         m = {k: float(v) for k, v in placement.fetch(metrics).items()}
         now = time.time()
@@ -280,7 +287,7 @@ def _train(run, checkpointer, callback=None) -> dict:
         report(step, m_eval, prefix='eval_')
         say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4g}' for k, v in m_eval.items() if isinstance(v, float)))
         t_log, steps_since = time.time(), 0  # evaluation time is not training speed
-      if preempt.agree():
+      if stop:
         watch.check()
         checkpointer.save(step, placement.saveable(state), data_iter, force=True)
         checkpointer.wait()
