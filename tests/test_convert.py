@@ -1,4 +1,4 @@
-"""zoo.convert: HuggingFace BERT / GPT-2 / T5 in and out, checked against the reference `transformers`
+"""zoo.convert: HuggingFace BERT / ALBERT / GPT-2 / T5 / BART in and out, checked against the reference `transformers`
 implementation (PyTorch, CPU) built from small random configs (nothing is downloaded); refusal of pickles that
 hold anything but tensors; configs zoo cannot express."""
 import dataclasses
@@ -291,6 +291,147 @@ def test_t5_import_and_export_match_transformers(variant, tmp_path):
   _check(f't5 {variant} import->export', _hf_t5_logits(torch, back, model.vocab_size), ref)
 
 
+# ------------------------------------------------------------------------------------------------ ALBERT
+
+ALBERT_CONFIG = dict(vocab_size=163, embedding_size=16, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=96, max_position_embeddings=40, initializer_range=0.2, hidden_act='gelu_new')
+
+
+def _hf_albert_logits(torch, hf, vocab):
+  tokens, mask, types = _bert_inputs(vocab)
+  with torch.no_grad():
+    out = hf.eval()(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                    token_type_ids=torch.tensor(types))
+  return out.prediction_logits.numpy(), out.sop_logits.numpy()
+
+
+def test_albert_cli_import_and_export_match_transformers(tmp_path):
+  """AlbertForPreTraining (E=16 < H=48, one layer group shared by 3 layers) through `python -m zoo.convert
+  import` and `export`: MLM and SOP logits as transformers gives them."""
+  torch, transformers = _torch()
+  torch.manual_seed(0)
+  hf = _perturb(torch, transformers.AlbertForPreTraining(transformers.AlbertConfig(**ALBERT_CONFIG)), 8)
+  hf_dir, out, back = tmp_path / 'hf', tmp_path / 'zoo', tmp_path / 'back'
+  hf.save_pretrained(str(hf_dir))
+  mlm_ref, sop_ref = _hf_albert_logits(torch, hf, ALBERT_CONFIG['vocab_size'])
+
+  assert convert.main(['import', f'--hf_dir={hf_dir}', f'--out={out}']) == 0
+  model, params, family, fields = convert.load_zoo(str(out))
+  assert family == 'albert' and fields['share_layers'] and fields['activation'] == 'gelu_tanh'
+  assert (fields['embedding_dim'], fields['embed_dim'], fields['num_layers']) == (16, 48, 3)
+  assert 'layers' in params and 'layers_0' not in params  # one set of layer parameters
+  mlm, sop = _zoo_bert(model, params)
+  valid = _bert_inputs(model.vocab_size)[1].astype(bool)  # padded positions: zoo masks their queries too
+  _check('albert CLI import mlm', mlm, mlm_ref, valid)
+  _check('albert CLI import sop', sop, sop_ref)
+
+  assert convert.main(['export', '--family=albert', f'--params={out}', f'--out={back}']) == 0
+  hf2, info = transformers.AlbertForPreTraining.from_pretrained(str(back), output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
+  mlm2, sop2 = _hf_albert_logits(torch, hf2, model.vocab_size)
+  _check('albert CLI import->export mlm', mlm2, mlm_ref)
+  _check('albert CLI import->export sop', sop2, sop_ref)
+
+
+def test_albert_random_unshared_zoo_model_exports(tmp_path):
+  """A zoo ALBERT with a layer group per layer and E == H (HF's E -> H mapping written as the identity) -> HF
+  and back."""
+  torch, transformers = _torch()
+  model = models.get_model('albert', 'tiny', num_layers=2, vocab_size=151, max_len=32, embedding_dim=None,
+                           share_layers=False, activation='gelu')
+  params = _random_params(model, seed=15)
+  out_dir = convert.export_hf(model, params, 'albert', str(tmp_path))
+  hf, info = transformers.AlbertForPreTraining.from_pretrained(out_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  assert (hf.config.num_hidden_groups, hf.config.embedding_size, hf.config.hidden_size) == (2, 64, 64)
+  mlm_ref, sop_ref = _hf_albert_logits(torch, hf, model.vocab_size)
+  mlm, sop = _zoo_bert(model, params)
+  valid = _bert_inputs(model.vocab_size)[1].astype(bool)
+  _check('albert random unshared zoo->HF mlm', mlm_ref, mlm, valid)
+  _check('albert random unshared zoo->HF sop', sop_ref, sop)
+  _, params2, _, fields2 = convert.load_hf(out_dir)
+  assert not fields2['share_layers'] and fields2['embedding_dim'] == 64
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+# ------------------------------------------------------------------------------------------------ BART
+
+BART_CONFIG = dict(vocab_size=151, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                   decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=24,
+                   init_std=0.2)  # BART's ids: <s> 0, <pad> 1, </s> 2
+
+
+def _bart_inputs(vocab):
+  """A source that starts with <s> (id 0) and has a padded row (id 1), a target that starts with </s>."""
+  rng = np.random.default_rng(3)
+  src = rng.integers(3, vocab, (2, 11))
+  src[:, 0], src[1, 7:] = 0, 1
+  mask = np.ones((2, 11), np.int64)
+  mask[1, 7:] = 0
+  tgt = rng.integers(3, vocab, (2, 9))
+  tgt[:, 0] = 2
+  return src, mask, tgt
+
+
+def _hf_bart_logits(torch, hf, vocab):
+  src, mask, tgt = _bart_inputs(vocab)
+  with torch.no_grad():
+    return hf.eval()(input_ids=torch.tensor(src), attention_mask=torch.tensor(mask),
+                     decoder_input_ids=torch.tensor(tgt)).logits.numpy()
+
+
+def _zoo_bart(model, params):
+  src, mask, tgt = _bart_inputs(model.vocab_size)  # zoo's encoder masks id 0 by default: BART's mask given
+  return _apply(model)({'params': params}, jnp.asarray(src), jnp.asarray(tgt), segment_ids=jnp.asarray(mask))
+
+
+def test_bart_import_and_export_match_transformers(tmp_path):
+  """BartForConditionalGeneration (tied head, 24 + 2 position rows, layernorm_embedding, post-LN) -> zoo -> HF:
+  decoder logits as transformers gives them; a non-zero final_logits_bias is refused."""
+  torch, transformers = _torch()
+  from safetensors.numpy import load_file, save_file
+  torch.manual_seed(0)
+  hf = _perturb(torch, transformers.BartForConditionalGeneration(transformers.BartConfig(**BART_CONFIG)), 10,
+                scale=0.05)
+  hf_dir = tmp_path / 'hf'
+  hf.save_pretrained(str(hf_dir))
+  ref = _hf_bart_logits(torch, hf, BART_CONFIG['vocab_size'])
+
+  model, params, family, fields = convert.load_hf(str(hf_dir))
+  assert family == 'bart' and fields['tie_embeddings'] and not fields['pre_ln'] and fields['max_len'] == 24
+  assert params['encoder']['position_embed']['embedding']['embedding'].shape == (24, 32)
+  _check('bart import', _zoo_bart(model, params), ref)
+
+  out_dir = convert.export_hf(model, params, 'bart', str(tmp_path / 'export'))
+  back, info = transformers.BartForConditionalGeneration.from_pretrained(out_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
+  assert back.model.encoder.embed_positions.weight.shape == (26, 32)
+  _check('bart import->export', _hf_bart_logits(torch, back, model.vocab_size), ref)
+
+  weights = load_file(str(hf_dir / 'model.safetensors'))
+  weights['final_logits_bias'] = weights['final_logits_bias'] + 0.5
+  save_file(weights, str(hf_dir / 'model.safetensors'), metadata={'format': 'pt'})
+  with pytest.raises(convert.ConversionError, match='final_logits_bias is not zero'):
+    convert.load_hf(str(hf_dir))
+
+
+def test_bart_random_untied_zoo_model_exports(tmp_path):
+  """A zoo BART with an untied head -> HF (tie_word_embeddings=False: lm_head and the stacks' embed_tokens
+  written out) and back."""
+  torch, transformers = _torch()
+  model = models.get_model('bart', 'tiny', num_encoder_layers=1, num_decoder_layers=2, vocab_size=139, max_len=20,
+                           tie_embeddings=False, dropout_rate=0.0)
+  params = _random_params(model, seed=17)
+  out_dir = convert.export_hf(model, params, 'bart', str(tmp_path))
+  hf, info = transformers.BartForConditionalGeneration.from_pretrained(out_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  assert hf.config.tie_word_embeddings is False and hf.config.max_position_embeddings == 20
+  _check('bart random untied zoo->HF', _hf_bart_logits(torch, hf, model.vocab_size), _zoo_bart(model, params))
+  _, params2, _, fields2 = convert.load_hf(out_dir)
+  assert not fields2['tie_embeddings'] and (fields2['num_encoder_layers'], fields2['num_decoder_layers']) == (1, 2)
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
 # ------------------------------------------------------------------------------------------------ CLI, tokenizer
 
 def test_cli_import_export_with_sentencepiece_vocabulary(hf_gpt, tmp_path):
@@ -531,6 +672,10 @@ BERT_HF = dict(model_type='bert', vocab_size=99, hidden_size=32, num_hidden_laye
                intermediate_size=37, hidden_act='gelu')
 GPT_HF = dict(model_type='gpt2', vocab_size=99, n_embd=32, n_layer=1, n_head=4, activation_function='gelu_new')
 T5_HF = dict(model_type='t5', vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4)
+ALBERT_HF = dict(model_type='albert', vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                 num_attention_heads=4, intermediate_size=37, hidden_act='gelu_new')
+BART_HF = dict(model_type='bart', vocab_size=99, d_model=32, encoder_layers=1, decoder_layers=1,
+               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37)
 
 
 @pytest.mark.parametrize('config, field', [
@@ -544,6 +689,14 @@ T5_HF = dict(model_type='t5', vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_la
     (dict(GPT_HF, add_cross_attention=True), 'add_cross_attention'),
     (dict(T5_HF, feed_forward_proj='gated-gelu_10'), 'feed_forward_proj'),
     (dict(T5_HF, feed_forward_proj='gated-gelu'), None),
+    (dict(ALBERT_HF, num_hidden_groups=2), 'num_hidden_groups'),
+    (dict(ALBERT_HF, inner_group_num=2), 'inner_group_num'),
+    (dict(ALBERT_HF, tie_word_embeddings=False), 'tie_word_embeddings'),
+    (dict(BART_HF, scale_embedding=True), 'scale_embedding'),
+    (dict(BART_HF, decoder_ffn_dim=64), 'decoder_ffn_dim'),
+    (dict(BART_HF, decoder_attention_heads=2), 'decoder_attention_heads'),
+    (dict(BART_HF, normalize_before=True), 'normalize_before'),
+    (dict(BART_HF, activation_function='quick_gelu'), 'activation_function'),
 ])
 def test_unsupported_config_fields_named(config, field):
   if field is None:
@@ -558,7 +711,11 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
   cases = [('gpt', dict(position='rotary'), 'model.position'),
            ('gpt', dict(activation='swiglu'), 'model.activation'),
            ('bert', dict(share_layers=True), 'model.share_layers'),
-           ('t5', dict(pre_ln=False), 'model.pre_ln')]
+           ('t5', dict(pre_ln=False), 'model.pre_ln'),
+           ('albert', dict(activation='swiglu'), 'model.activation'),
+           ('bart', dict(pre_ln=True), 'model.pre_ln'),
+           ('bart', dict(position='relative'), 'model.position'),
+           ('bart', dict(head_dim=8), 'model.head_dim')]
   if 'head' in {f.name for f in dataclasses.fields(models.FAMILIES['bert'].cls)}:  # task heads: not exported
     cases.append(('bert', dict(head='classification'), 'model.head'))
   for family, fields, message in cases:

@@ -1,4 +1,4 @@
-"""HuggingFace checkpoints in and out of zoo: BERT, GPT-2 and T5.
+"""HuggingFace checkpoints in and out of zoo: BERT, ALBERT, GPT-2, T5 and BART.
 
 Import reads a HuggingFace model directory (`config.json` + `model.safetensors`, a sharded
 `model.safetensors.index.json`, or a PyTorch `pytorch_model.bin` through torch's weights-only loader) and
@@ -10,9 +10,12 @@ exactly the structure of `nn.unbox(model.init(...)['params'])`.
 | `bert`: BertForPreTraining, BertForMaskedLM, BertModel | `bert` (absolute positions, tied MLM decoder) |
 | `gpt2`: GPT2LMHeadModel, GPT2Model | `gpt` (learned positions, LayerNorm, tied or untied head) |
 | `t5` / `mt5`: T5ForConditionalGeneration, T5Model | `t5` (v1.0 `relu`, v1.1 `gated-gelu` = zoo `geglu`) |
+| `albert`: AlbertForPreTraining, AlbertForMaskedLM, AlbertModel | `albert` (factorized embedding, shared layers, SOP) |
+| `bart`: BartForConditionalGeneration, BartModel | `bart` (learned positions offset by 2, post-LN, tied or untied) |
 
-Export writes zoo's BERT, GPT and T5 back as `config.json` + `model.safetensors` that `transformers` loads with
-`from_pretrained` (BertForPreTraining, GPT2LMHeadModel, T5ForConditionalGeneration).
+Export writes zoo's BERT, ALBERT, GPT, T5 and BART back as `config.json` + `model.safetensors` that `transformers`
+loads with `from_pretrained` (BertForPreTraining, AlbertForPreTraining, GPT2LMHeadModel,
+T5ForConditionalGeneration, BartForConditionalGeneration).
 
 Nothing in a checkpoint is ever executed: safetensors are plain arrays (read with `safetensors.numpy`), a
 `.bin` is opened only with `torch.load(..., weights_only=True)` (a file with pickled objects other than tensors
@@ -43,10 +46,10 @@ From the command line (zoo.convert.cli):
 hf_tokenizer/), which `load_zoo`, `load_zoo_tokenizer` and `zoo.load(dir)` read (`zoo.generate` then stops at the
 tokenizer's eos and starts T5's decoder at its decoder_start_token_id).
 
-The modules: io (safetensors, torch .bin, HF config and weights, JSON), bert / gpt / t5 (each family's config
-mapping, weight names and tying rules, as a `Converter`), registry (the families; HF config <-> zoo fields),
-weights (HF tensors <-> zoo params), format (the zoo model directory), hf (load_hf, import_hf, export_hf),
-cli (the command line).
+The modules: io (safetensors, torch .bin, HF config and weights, JSON), bert / albert / gpt / t5 / bart (each
+family's config mapping, weight names and tying rules, as a `Converter`), registry (the families; HF config <->
+zoo fields), weights (HF tensors <-> zoo params), format (the zoo model directory), hf (load_hf, import_hf,
+export_hf), cli (the command line).
 """
 from zoo.convert.cli import load_workdir, main
 from zoo.convert.common import ConversionError, Converter, UnsafeCheckpointError, model_fields

@@ -1,4 +1,4 @@
-"""HuggingFace checkpoints in and out of zoo: BERT, GPT-2 and T5.
+"""HuggingFace checkpoints in and out of zoo: BERT, ALBERT, GPT-2, T5 and BART.
 
 The command line of zoo.convert:
 
@@ -68,7 +68,7 @@ def _export_source(args) -> tuple[Any, dict, str, dict, list]:
   model, params, family, _ = load_workdir(args.workdir, args.step)
   from zoo.data import tokenizer as tk
   extra = {'pad_token_id': tk.PAD, 'bos_token_id': tk.BOS, 'eos_token_id': tk.EOS}
-  if family == 't5':
+  if family in ('t5', 'bart'):  # zoo's encoder-decoders start the decoder at [PAD]
     extra['decoder_start_token_id'] = tk.PAD
   spm_path = paths.join(args.workdir, 'tokenizer.model')
   if not paths.path(spm_path).exists():  # data.tokenizer named a .model file
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
   p_imp.add_argument('--hf_dir', required=True, help='HF model directory: config.json + model.safetensors')
   p_imp.add_argument('--out', required=True, help='zoo model directory to write')
   p_exp = sub.add_parser('export', help='zoo model directory or train.py workdir -> HuggingFace directory')
-  p_exp.add_argument('--family', choices=FAMILIES, help='bert, gpt or t5 (checked against the source)')
+  p_exp.add_argument('--family', choices=FAMILIES, help=f'{", ".join(FAMILIES)} (checked against the source)')
   p_exp.add_argument('--params', help='a zoo model directory (from `import`) or its params.safetensors')
   p_exp.add_argument('--workdir', help='a train.py workdir: its newest (or --step) checkpoint')
   p_exp.add_argument('--step', type=int, default=None, help='with --workdir: the checkpoint step')

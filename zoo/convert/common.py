@@ -26,11 +26,11 @@ ZOO_ACT = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu', 'silu': 'sil
 
 
 class Converter(NamedTuple):
-  """One family's conversion, what its module (bert.py, gpt.py, t5.py) defines as CONVERTER.
+  """One family's conversion, what its module (bert.py, albert.py, gpt.py, t5.py, bart.py) defines as CONVERTER.
 
   A mapping is a list of (zoo path, HF name, kind, group): kind 'T' transposes (torch Linear [out, in] <->
   flax kernel [in, out]), 'copy' does not (embeddings, norms, biases, GPT-2's Conv1D [in, out]). group None is
-  required; a named group (pooler, nsp, mlm, lm_head) may be absent (its zoo parameters are then initialised).
+  required; a named group (pooler, nsp, sop, mlm, lm_head) may be absent (its zoo parameters are then initialised).
   """
   family: str  # the zoo family
   model_types: tuple[str, ...]  # HF config model_type values it imports
@@ -139,10 +139,11 @@ def plain_params(params) -> dict:
   return traverse_util.unflatten_dict({p: np.asarray(v) for p, v in traverse_util.flatten_dict(params).items()})
 
 
-def unstack_layers(tree):
-  """Every {layers: stacked} in the tree (T5: under encoder/ and decoder/) -> {layers_0: ..., layers_1: ...}."""
+def unstack_layers(tree, shared: bool = False):
+  """Every {layers: stacked} in the tree (T5: under encoder/ and decoder/) -> {layers_0: ..., layers_1: ...}.
+  shared=True (ALBERT's share_layers: 'layers' is one layer, not a stack) leaves the tree as it is."""
   from zoo.layers import transformer
-  if not isinstance(tree, dict):
+  if shared or not isinstance(tree, dict):
     return tree
   tree = {k: v if k == 'layers' else unstack_layers(v) for k, v in tree.items()}
   return transformer.unstack_params(tree) if 'layers' in tree else tree

@@ -38,7 +38,8 @@ def save_zoo(out_dir: str, family: str, fields: dict, params, *, source: dict | 
   """Write a zoo model directory: zoo_model.json (family, fields, source), params.safetensors (flattened
   '/'-joined names, float32, layers unrolled) and, when given, hf_config.json. Returns out_dir."""
   os.makedirs(out_dir, exist_ok=True)
-  flat = flatten_dict(common.unstack_layers(common.plain_params(params)), sep='/')
+  flat = flatten_dict(common.unstack_layers(common.plain_params(params), fields.get('share_layers', False)),
+                      sep='/')
   io.save_safetensors(flat, os.path.join(out_dir, PARAMS_FILE), metadata={'format': 'zoo', 'family': family})
   meta = {'format': 'zoo-model', 'version': 1, 'family': family, 'size': common.closest_size(family, fields),
           'fields': common.model_kwargs(fields), 'params': PARAMS_FILE, 'source': source or {}, **(extra or {})}

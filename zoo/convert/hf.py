@@ -17,17 +17,18 @@ from zoo.convert.registry import hf_config_to_fields, zoo_to_hf_config
 from zoo.convert.weights import hf_weights_to_params, params_to_hf_weights
 
 GENERATION_IDS = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'decoder_start_token_id')
-GENERATES = ('gpt', 't5')  # the families transformers' generate runs
+GENERATES = ('gpt', 't5', 'bart')  # the families transformers' generate runs
 
 
 def load_hf(hf_dir: str, **overrides) -> tuple[Any, dict, str, dict]:
-  """Import a HuggingFace BERT / GPT-2 / T5 directory.
+  """Import a HuggingFace BERT / ALBERT / GPT-2 / T5 / BART directory.
 
   Returns (model, params, family, fields): `model = zoo.models.get_model(family, size, **fields,
   **overrides)` (overrides such as dtype=jnp.bfloat16, scan_layers=True, dropout_rate=0.0), params (nested
-  dicts of float32 numpy arrays, the structure of `nn.unbox(model.init(...)['params'])`), family ('bert', 'gpt'
-  or 't5') and the JSON-serialisable model fields derived from config.json. Parameters the checkpoint lacks
-  (BertForMaskedLM has no pooler / NSP head, BertModel no MLM head) are initialised fresh, with a warning.
+  dicts of float32 numpy arrays, the structure of `nn.unbox(model.init(...)['params'])`), family ('bert',
+  'albert', 'gpt', 't5' or 'bart') and the JSON-serialisable model fields derived from config.json. Parameters
+  the checkpoint lacks (BertForMaskedLM has no pooler / NSP head, BertModel no MLM head) are initialised fresh,
+  with a warning.
   """
   model, params, family, fields, _ = _load_hf(hf_dir, overrides)
   return model, params, family, fields
@@ -97,8 +98,9 @@ def import_hf(hf_dir: str, out_dir: str) -> dict:
 
 def export_hf(model, params, family: str, out_dir: str, *, extra_config: dict | None = None,
               tokenizer_vocab_size: int | None = None) -> str:
-  """Write a zoo BERT / GPT / T5 model as a HuggingFace directory (config.json + model.safetensors) that
-  `transformers` loads as BertForPreTraining / GPT2LMHeadModel / T5ForConditionalGeneration. LoRA adapters are
+  """Write a zoo BERT / ALBERT / GPT / T5 / BART model as a HuggingFace directory (config.json +
+  model.safetensors) that `transformers` loads as BertForPreTraining / AlbertForPreTraining / GPT2LMHeadModel /
+  T5ForConditionalGeneration / BartForConditionalGeneration. LoRA adapters are
   merged into the kernels first; prefix tuning cannot be exported. `extra_config` adds token ids
   (bos/eos/pad/decoder_start), also written as generation_config.json, which suppresses the embedding's padding
   rows past `tokenizer_vocab_size` (zoo.generate never draws them). Returns out_dir."""

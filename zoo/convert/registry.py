@@ -1,11 +1,13 @@
-"""The families zoo converts, each a `Converter` of its module (bert.py, gpt.py, t5.py), and the config
-mapping that goes through them: which family a HF config is, HF config -> zoo fields, zoo model -> HF config."""
+"""The families zoo converts, each a `Converter` of its module (bert.py, albert.py, gpt.py, t5.py, bart.py),
+and the config mapping that goes through them: which family a HF config is, HF config -> zoo fields, zoo model ->
+HF config."""
 from __future__ import annotations
 
-from zoo.convert import bert, gpt, t5
+from zoo.convert import albert, bart, bert, gpt, t5
 from zoo.convert.common import ConversionError, Converter, model_fields, refuse
 
-CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, gpt.CONVERTER, t5.CONVERTER)}
+CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, albert.CONVERTER, gpt.CONVERTER,
+                                                          t5.CONVERTER, bart.CONVERTER)}
 FAMILIES = tuple(CONVERTERS)
 SUPPORTED_ARCHITECTURES = {name: c.architectures for name, c in CONVERTERS.items()}
 MODEL_TYPES = {model_type: c.family for c in CONVERTERS.values() for model_type in c.model_types}
@@ -27,12 +29,12 @@ def converter(family: str) -> Converter:
 
 
 def detect_family(config: dict) -> str:
-  """The zoo family of a HF config ('bert', 'gpt' or 't5'), or a ConversionError naming model_type /
-  architectures."""
+  """The zoo family of a HF config ('bert', 'albert', 'gpt', 't5' or 'bart'), or a ConversionError naming
+  model_type / architectures."""
   model_type = config.get('model_type')
   if model_type not in MODEL_TYPES:
     raise ConversionError(f'config.json model_type={model_type!r} is not supported: zoo imports '
-                          f'{sorted(MODEL_TYPES)} (BERT, GPT-2, T5 / mT5)')
+                          f'{sorted(MODEL_TYPES)} (BERT, ALBERT, GPT-2, T5 / mT5, BART)')
   family = MODEL_TYPES[model_type]
   for arch in config.get('architectures') or ():
     if arch not in SUPPORTED_ARCHITECTURES[family]:
@@ -50,12 +52,13 @@ def hf_config_to_fields(config: dict, weights: dict | None = None) -> tuple[str,
 
 
 def zoo_to_hf_config(family: str, model, extra: dict | None = None) -> dict:
-  """The HF config.json dict for a zoo BERT / GPT / T5 model (ConversionError for what HF cannot express);
-  `extra` adds token ids (bos/eos/pad/decoder_start)."""
+  """The HF config.json dict for a zoo BERT / ALBERT / GPT / T5 / BART model (ConversionError for what HF cannot
+  express); `extra` adds token ids (bos/eos/pad/decoder_start, BART's forced_eos)."""
   conv = converter(family)
   f = model_fields(model)
   if f.get('head', 'pretraining') != 'pretraining':
-    refuse(family, f, 'head', 'zoo exports the pretraining heads (BertForPreTraining), not a fine-tuning task head')
+    refuse(family, f, 'head', f'zoo exports the pretraining heads ({conv.architectures[0]}), not a fine-tuning task '
+                              'head')
   config = conv.fields_to_config(f)
   for key, value in (extra or {}).items():
     if key.endswith('token_id') or key in ('bos_token_id', 'eos_token_id', 'pad_token_id'):

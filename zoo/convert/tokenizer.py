@@ -9,8 +9,8 @@ The model (unigram or BPE pieces with their scores, byte fallback) comes from tr
 converter. Around it, what makes `encode` give zoo's `Tokenizer.encode` (identity normalization): spaces become
 '▁' and one '▁' opens the text, also before a leading space or a leading special token (SentencePiece's dummy
 prefix); the special tokens are found in that normalized text, so no '▁' follows them. The post-processor
-(`add_special_tokens=True`) frames a text as zoo does: BERT [CLS] a [SEP] (b [SEP]) as zoo's tasks, T5 a [EOS] as
-zoo.generate feeds the encoder, GPT nothing.
+(`add_special_tokens=True`) frames a text as zoo does: BERT / ALBERT [CLS] a [SEP] (b [SEP]) as zoo's tasks, T5 /
+BART a [EOS] as zoo.generate feeds the encoder, GPT nothing.
 
 Where it differs from SentencePiece: a control token typed in the text ([PAD], [UNK], [BOS], [EOS]) becomes its
 id, as in every HF tokenizer, where SentencePiece spells it out; a text that is only one special token has no
@@ -33,9 +33,9 @@ FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
 
 def _templates(family: str):
   """(single, pair, special tokens) of the post-processor: what zoo puts around a text; None for GPT."""
-  if family == 'bert':
+  if family in ('bert', 'albert'):
     return '[CLS] $A [SEP]', '[CLS] $A [SEP] $B:1 [SEP]:1', [('[CLS]', tk.CLS), ('[SEP]', tk.SEP)]
-  if family == 't5':
+  if family in ('t5', 'bart'):
     return '$A [EOS]', '$A [EOS] $B [EOS]', [('[EOS]', tk.EOS)]
   return None
 
@@ -95,7 +95,7 @@ def write_hf_tokenizer(model_proto: bytes, family: str, out_dir: str, model_max_
   config = {'tokenizer_class': TOKENIZER_CLASS, **specials, 'clean_up_tokenization_spaces': False}
   if model_max_length:
     config['model_max_length'] = model_max_length
-  if family == 'bert':  # sentence pairs: token types 0 then 1
+  if family in ('bert', 'albert'):  # sentence pairs: token types 0 then 1
     config['model_input_names'] = ['input_ids', 'token_type_ids', 'attention_mask']
   io.write_json(os.path.join(out_dir, 'tokenizer_config.json'), config)
   io.write_json(os.path.join(out_dir, 'special_tokens_map.json'), specials)

@@ -79,7 +79,7 @@ def params_to_hf_weights(family: str, model, params) -> dict[str, np.ndarray]:
   """zoo params -> {HF name: float32 array}, the tensors `save_pretrained` would write (tied copies left
   out: BERT's MLM decoder, GPT-2's and T5 v1.0's lm_head)."""
   conv = converter(family)
-  flat = flatten_dict(common.unstack_layers(common.plain_params(params)))
+  flat = flatten_dict(common.unstack_layers(common.plain_params(params), getattr(model, 'share_layers', False)))
   flat, fields = conv.before_export(flat, common.model_fields(model))
   out = {}
   for zoo, hf, kind, _ in conv.mapping(fields):
