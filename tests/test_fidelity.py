@@ -12,6 +12,7 @@ from configs import t5 as t5_config
 from zoo import models, objectives, optim
 from zoo.layers import adapters as adapters_lib
 from zoo.config import base_config, check
+from zoo.data import tokenizer as tk
 from zoo.layers.losses import Features, chunked_cross_entropy
 from zoo.objectives.base import cross_entropy
 
@@ -233,3 +234,341 @@ def test_adafactor_trains_t5_the_same_on_every_layout(tokenizer_path):
   assert one[0] == one[1] and one[3] < one[2] < one[1], curves
   for name in ('fsdp', 'tensor'):
     np.testing.assert_allclose(curves[name], curves['one'], rtol=1e-5, err_msg=name)
+
+
+# ---------------------------------------------------------------- BART denoising as fairseq's DenoisingDataset
+
+BV, BS = 50_000, 19  # vocabulary and special ids of the denoising tests
+
+
+def _word_table(seed=0):
+  """Word starts per id: specials start words, about 55% of the other ids do ('▁' pieces)."""
+  table = np.random.default_rng(seed).random(BV) < 0.55
+  table[:BS] = True
+  return table
+
+
+def _words_doc(table, n_words, rng, num_special=BS):
+  """A document of n_words whole words of 1 to 3 pieces, every id distinct: (tokens, word starts)."""
+  begin = rng.permutation(np.flatnonzero(table[num_special:]) + num_special)
+  inside = rng.permutation(np.flatnonzero(~table[num_special:]) + num_special)
+  sizes = rng.integers(1, 4, n_words)
+  pieces, j = [], 0
+  for i, size in enumerate(sizes):
+    pieces += [begin[i], *inside[j:j + size - 1]]
+    j += size - 1
+  x = np.asarray(pieces, np.int32)
+  return x, table[x]
+
+
+def _infilled_runs(x, starts, y):
+  """[lo, hi) of x that each [MASK] of y stands for, if y is x with runs each replaced by one [MASK] (the rest in
+  order, all of x's ids distinct); else None."""
+  where = {int(v): i for i, v in enumerate(x)}
+  runs, cur, open_at = [], 0, None
+  for v in y:
+    if v == tk.MASK:
+      if open_at is not None:
+        return None  # two [MASK]s in a row: spans never touch
+      open_at = cur
+      continue
+    p = where.get(int(v), -1)
+    if p < cur or (p > cur and open_at is None):
+      return None  # out of order, or tokens gone without a [MASK]
+    if open_at is not None:
+      runs.append((open_at, p))
+      open_at = None
+    cur = p + 1
+  if open_at is not None:
+    runs.append((open_at, len(x)))
+  elif cur != len(x):
+    return None
+  return runs
+
+
+def _whole_words(runs, starts):
+  """Every run starts and ends at a word boundary; their lengths in words."""
+  n = len(starts)
+  assert all(a == b or starts[a] for a, b in runs), 'a span starts inside a word'
+  assert all(b == n or starts[b] for a, b in runs), 'a span ends inside a word'
+  return [int(starts[a:b].sum()) for a, b in runs]
+
+
+def test_bart_infilling_masks_whole_words_in_poisson_spans():
+  """fairseq's add_whole_word_mask with mask_length=span-poisson, replace_length=1: ceil(0.3 * words) words go, in
+  spans of Poisson(3) words (zero-length spans insert a [MASK]) that never start or end inside a word, each span one
+  [MASK]."""
+  table = _word_table()
+  obj = objectives.make('denoising', vocab_size=BV, num_special=BS, infill_rate=0.3, permute_rate=0.0,
+                        word_starts=table)
+  rng = np.random.default_rng(0)
+  lengths = []
+  for _ in range(60):
+    x, starts = _words_doc(table, 1000, rng)
+    runs = _infilled_runs(x, starts, obj.noise([x], rng))
+    assert runs is not None
+    words = _whole_words(runs, starts)
+    assert sum(words) == 300  # the budget, in words
+    lengths += words
+  n = len(lengths)  # about 6000 spans
+  # Poisson(3): mean 3, sd sqrt(3/n) ~ 0.022; the trimmed last span of each document lowers it by ~1.5 / 100
+  # spans ~ 0.015: 0.15 is 5 sd plus that bias
+  assert abs(np.mean(lengths) - 3.0) < 0.15, np.mean(lengths)
+  assert abs(np.var(lengths) - 3.0) < 0.4, np.var(lengths)  # Poisson: variance = mean (sd of the estimate ~0.07)
+  zero = np.mean(np.asarray(lengths) == 0)  # P(0) = e^-3 ~ 0.050, sd sqrt(p (1 - p) / n) ~ 0.003
+  assert abs(zero - np.exp(-3)) < 5 * np.sqrt(np.exp(-3) * (1 - np.exp(-3)) / n) + 0.002, zero
+  # token level (no word_starts: every token a word, fairseq without mask_whole_words) still spans of tokens
+  tokens = objectives.make('denoising', vocab_size=BV, num_special=BS, infill_rate=0.3, permute_rate=0.0)
+  x, _ = _words_doc(table, 300, rng)
+  runs = _infilled_runs(x, np.ones(len(x), bool), tokens.noise([x], rng))
+  assert sum(b - a for a, b in runs) == int(np.ceil(0.3 * len(x)))
+
+
+def test_bart_token_masking_and_deletion_take_whole_words():
+  table = _word_table(1)
+  rng = np.random.default_rng(1)
+  x, starts = _words_doc(table, 500, rng)
+  lo = np.flatnonzero(starts)
+  word_of = np.cumsum(starts) - 1
+  masking = objectives.make('denoising', vocab_size=BV, num_special=BS, mask_rate=0.2, infill_rate=0.0,
+                            permute_rate=0.0, word_starts=table)
+  y = masking.noise([x], rng)
+  hit = np.unique(word_of[y == tk.MASK])
+  assert len(hit) == 100 and (y[np.isin(word_of, hit)] == tk.MASK).all()  # every piece of 20% of the words
+  deleting = objectives.make('denoising', vocab_size=BV, num_special=BS, delete_rate=0.2, infill_rate=0.0,
+                             permute_rate=0.0, word_starts=table)
+  y = deleting.noise([x], rng)
+  gone = np.setdiff1d(np.arange(500), np.unique(word_of[np.isin(x, y)]))
+  assert len(gone) == 100 and not np.isin(x[np.isin(word_of, gone)], y).any() and len(lo) == 500
+
+
+def test_bart_whole_words_come_from_the_tokenizer(tokenizer_path):
+  """The recipe's objective learns which ids start a word from the tokenizer (the trainer fills word_starts, as for
+  MLM's whole-word masking), and example() on a packed row masks whole words of each document."""
+  import importlib
+  import sys
+  sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent))
+  from zoo import config as config_lib
+  build = importlib.import_module('zoo.train.build')
+  c = config_lib.override(importlib.import_module('configs.bart').get_config('tiny'), {
+      'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000, 'objective.mask_random': 0.0})
+  tok = tk.Tokenizer.load(tokenizer_path)
+  obj = build.make_objective(c, tok)
+  assert (obj.infill_rate, obj.poisson_lambda, obj.permute_rate, obj.mask_random) == (0.3, 3.0, 1.0, 0.0)
+  table = np.asarray(obj.word_starts)
+  np.testing.assert_array_equal(table, tok.word_starts(np.arange(tok.vocab_size)))
+  rng = np.random.default_rng(2)
+  spans = 0
+  for step in range(20):
+    x, starts = _words_doc(table, 50, rng, obj.num_special)  # two documents of distinct pieces, one sentence each
+    cut = int(np.flatnonzero(starts)[25])
+    docs = [x[:cut], x[cut:]]
+    tokens = np.concatenate([np.append(d, tk.EOS) for d in docs])
+    seg = np.concatenate([np.full(len(d) + 1, i + 1) for i, d in enumerate(docs)])
+    t = len(tokens) + 3
+    batch = {k: np.pad(v, (0, t - len(v)))[None].astype(np.int32)
+             for k, v in {'tokens': tokens, 'segment_ids': seg, 'sentence_ids': seg}.items()}
+    got = obj.example(batch, np.random.default_rng(step))['tokens'][0]
+    ends = np.flatnonzero(got == tk.EOS)
+    for d, lo, hi in zip(docs, [0, ends[0] + 1], ends):
+      runs = _infilled_runs(d, table[d], got[lo:hi])
+      assert runs is not None
+      _whole_words(runs, table[d])
+      spans += len(runs)
+  assert spans > 40
+
+
+def within(count, n, p, sigmas=5.0):
+  """count ~ Binomial(n, p): within `sigmas` standard deviations of n p."""
+  return abs(count - n * p) <= sigmas * np.sqrt(n * p * (1 - p)) + 1
+
+
+def test_bart_mask_random_replaces_a_tenth_of_the_masks():
+  """fairseq's random_ratio (BART: --mask-random 0.1): of the infilled spans, the masked words and the insertions,
+  that fraction gets a random token instead of [MASK]; none at 0."""
+  import importlib
+  assert importlib.import_module('configs.bart').get_config('tiny').objective.mask_random == 0.1
+  table = _word_table(2)
+  rng = np.random.default_rng(3)
+  for rate in (0.1, 0.0):
+    obj = objectives.make('denoising', vocab_size=BV, num_special=BS, infill_rate=0.3, permute_rate=0.0,
+                          word_starts=table, mask_random=rate)
+    spans, masks, invented = [], 0, 0
+    for _ in range(40):
+      x, starts = _words_doc(table, 1000, rng)
+      y = obj.infill(x, rng, spans, starts)
+      masks += int((y == tk.MASK).sum())
+      invented += int((~np.isin(y, x) & (y != tk.MASK)).sum())
+    n = len(spans)  # about 4000 spans: 10% is 400 +- 19
+    assert within(n - masks, n, rate), (n - masks, n)
+    # the others are random tokens: ids that are no piece of x, but for the ~4% that happen to be one of x's
+    assert 0.9 * (n - masks) <= invented <= n - masks
+    # token masking: per masked word, all its pieces random or all [MASK]
+    masking = objectives.make('denoising', vocab_size=BV, num_special=BS, mask_rate=0.3, infill_rate=0.0,
+                              permute_rate=0.0, word_starts=table, mask_random=rate)
+    random_words = words = 0
+    for _ in range(10):
+      x, starts = _words_doc(table, 1000, rng)
+      y = masking.noise([x], rng)
+      word_of = np.cumsum(starts) - 1
+      for w in np.unique(word_of[y != x]):
+        piece = y[word_of == w]
+        assert (piece == tk.MASK).all() or not (piece == tk.MASK).any()
+        random_words += int(not (piece == tk.MASK).any())
+        words += 1
+    assert words == 3000 and within(random_words, words, rate)
+    # insertion: ceil(0.1 * n) of the inserted tokens random, as fairseq's add_insertion_noise
+    inserting = objectives.make('denoising', vocab_size=BV, num_special=BS, insert_rate=0.2, infill_rate=0.0,
+                                permute_rate=0.0, mask_random=rate)
+    x, _ = _words_doc(table, 300, rng)
+    y = inserting.noise([x], rng)
+    added = int(np.ceil(0.2 * len(x)))
+    assert len(y) == len(x) + added and (y[np.isin(y, x)] == x).all()
+    assert (y == tk.MASK).sum() == added - int(np.ceil(added * rate))
+
+
+def _unrolled(x, starts, y):
+  """The spans of some rotation of y that is x infilled whole-word-wise (None: no rotation is)."""
+  for i in np.flatnonzero((y == x[0]) | (y == tk.MASK)):  # x infilled starts with x[0] or a [MASK]
+    runs = _infilled_runs(x, starts, np.roll(y, -i))
+    if runs is not None and all(a == b or starts[a] for a, b in runs) and \
+        all(b == len(x) or starts[b] for a, b in runs):
+      return runs
+  return None
+
+
+def test_bart_rotation_comes_after_masking():
+  """fairseq's order: permutation, whole-word masking / infilling, insertion, then rotation. With rotate_rate=1 the
+  input is always a rotation of the infilled document (a span never wraps from its end to its start); infilling a
+  rotated document instead, as zoo once did, makes spans across the wrap and inside words, which no rotation of
+  an infilled document shows."""
+  table = _word_table(3)
+  rng = np.random.default_rng(4)
+  obj = objectives.make('denoising', vocab_size=BV, num_special=BS, infill_rate=0.3, permute_rate=0.0,
+                        rotate_rate=1.0, word_starts=table)
+  before = objectives.make('denoising', vocab_size=BV, num_special=BS, infill_rate=0.3, permute_rate=0.0,
+                           word_starts=table)
+  wrong = 0
+  for _ in range(100):
+    x, starts = _words_doc(table, 40, rng)
+    y = obj.noise([x], rng, [starts])
+    assert _unrolled(x, starts, y) is not None
+    assert _infilled_runs(x, starts, y) is None or y[0] == tk.MASK  # it was rotated
+    k = int(rng.integers(1, len(x)))  # the old order: rotate, then infill
+    wrong += _unrolled(x, starts, before.noise([np.roll(x, -k)], rng, [np.roll(starts, -k)])) is None
+  assert wrong > 20, wrong  # about 4 in 10 old-order inputs are no rotation of an infilled document
+
+
+# ---------------------------------------------------------------- GLM: packed documents, nothing dropped
+
+def _glm_documents(ex, row):
+  """Each document of an example row rebuilt from its part A and its spans in part B: {segment id: tokens}."""
+  ctx = int(ex['context_length'][row])
+  toks, pos, doc, tgt = (ex[k][row] for k in ('tokens', 'positions', 'segment_ids', 'targets'))
+  n = ctx + int(ex['weights'][row].sum())
+  fills, i = {}, ctx
+  while i < n:
+    assert toks[i] == tk.SOP
+    j = i + int(np.argmax(np.append(tgt[i:n], tk.EOP) == tk.EOP))  # the span's [eop] target
+    fills[doc[i], pos[i]] = list(tgt[i:j])
+    i = j + 1
+  out = {}
+  for d in np.unique(doc[:ctx]):
+    a = toks[:ctx][doc[:ctx] == d]
+    out[int(d)] = [x for k, v in enumerate(a) for x in (fills.pop((d, k)) if v == tk.MASK else [v])]
+  assert not fills  # every span belongs to a [MASK] of its own document
+  return out
+
+
+@pytest.mark.parametrize('packing', ['concat', 'first_fit'])
+def test_glm_drops_no_token_the_pipeline_delivers(tokenizer_path, packing):
+  """The pipeline packs rows to the objective's input_length(seq_len) and pads them to seq_len: part A and the
+  spans of part B then hold every token delivered, for any seq_len (zoo once cut each row to seq_len - 2 k_max)."""
+  from zoo.data import pipeline, sources
+  tok = tk.Tokenizer.load(tokenizer_path)
+  docs, _ = sources.read_documents('default')
+  obj = objectives.make('blank_infilling', vocab_size=tok.vocab_size, num_special=tk.FIRST_SENTINEL + 20)
+  for seq_len in (16, 32, 100, 256):
+    room = obj.input_length(seq_len)
+    assert seq_len - room == 2 * obj.max_spans(seq_len)
+    ds = pipeline.make_dataset(docs[:300], tok, seq_len=seq_len, batch_size=4, packing=packing, shuffle=False,
+                               prefetch=0, text_len=room)
+    it = iter(ds)
+    for step in range(3):
+      batch = next(it)
+      assert batch['tokens'].shape == (4, seq_len) and (batch['segment_ids'][:, room:] == 0).all()
+      ex = obj.example(batch, np.random.default_rng(step))
+      for row in range(4):
+        seg = batch['segment_ids'][row]
+        got = _glm_documents(ex, row)
+        want = {d: list(batch['tokens'][row][seg == s]) for d, s in enumerate(np.unique(seg[seg > 0]), 1)}
+        assert got == want, (seq_len, step, row)
+        assert int((ex['segment_ids'][row] > 0).sum()) <= seq_len
+  # rows full of short documents: the spans' cap (max_spans a row) keeps part B in the row
+  rng = np.random.default_rng(5)
+  for seq_len in (16, 64, 128):
+    room = obj.input_length(seq_len)
+    seg = np.zeros((4, seq_len), np.int32)
+    for row in range(4):
+      seg[row, :room] = np.cumsum(rng.random(room) < 0.3) + 1
+    batch = {'tokens': np.where(seg > 0, rng.integers(tk.FIRST_SENTINEL + 20, tok.vocab_size, seg.shape), 0),
+             'segment_ids': seg}
+    ex = obj.example(batch, rng)
+    for row in range(4):
+      want = {d: list(batch['tokens'][row][seg[row] == s]) for d, s in enumerate(np.unique(seg[row][seg[row] > 0]), 1)}
+      assert _glm_documents(ex, row) == want
+  with pytest.raises(ValueError, match='input_length'):  # a fuller row is refused, never cut
+    obj.example({'tokens': np.full((1, 64), 500), 'segment_ids': np.ones((1, 64), np.int32)}, rng)
+
+
+def test_glm_packed_documents_are_separate_examples():
+  """A row of three documents: the mask the model builds lets each document's part A see its own part A only, and
+  each span see its own part A and its own spans causally, as three separate GLM examples would; document 1's
+  logits are the same as when it is alone in the row, and do not change when the other documents do."""
+  from zoo.models import glm
+  obj = objectives.make('blank_infilling', vocab_size=512, num_special=BS)
+  t = 96
+  rng = np.random.default_rng(6)
+  lengths = [30, 22, 18]
+  texts = [rng.integers(BS, 512, n) for n in lengths]
+
+  def example(texts, seed=0):
+    tokens = np.concatenate(texts)
+    seg = np.concatenate([np.full(len(x), i + 1) for i, x in enumerate(texts)])
+    batch = {'tokens': np.pad(tokens, (0, t - len(tokens)))[None].astype(np.int32),
+             'segment_ids': np.pad(seg, (0, t - len(seg)))[None].astype(np.int32)}
+    return obj.example(batch, np.random.default_rng(seed))
+
+  ex = example(texts)
+  ctx, doc = int(ex['context_length'][0]), ex['segment_ids'][0]
+  assert len(np.unique(doc[doc > 0])) == 3 and ex['weights'][0].sum() > 6
+  mask = np.asarray(glm.training_mask(jnp.asarray(ex['segment_ids']), jnp.asarray(ex['context_length'])).dense(t, t))
+  mask = mask[0, 0]
+  # the mask of three separate examples, written out: per document, its part A (bidirectional) and its part B
+  want = np.zeros((t, t), bool)
+  for d in (1, 2, 3):
+    a = np.flatnonzero((doc == d) & (np.arange(t) < ctx))
+    b = np.flatnonzero((doc == d) & (np.arange(t) >= ctx))
+    want[np.ix_(a, a)] = True
+    want[np.ix_(b, a)] = True
+    for r, q in enumerate(b):
+      want[q, b[:r + 1]] = True
+  real = doc > 0
+  np.testing.assert_array_equal(mask[real][:, real], want[real][:, real])
+  assert not (mask[real][:, ~real]).any()
+  # and through the model: document 1's logits alone, in the row, and with the others changed
+  model = models.get_model('glm', 'tiny', dropout_rate=0.0)
+  keys = ('tokens', 'positions', 'block_positions', 'context_length', 'segment_ids')
+  params = model.init(jax.random.key(0), **{k: jnp.asarray(ex[k]) for k in keys})
+  apply = jax.jit(model.apply)
+  logits = lambda e: np.asarray(apply(params, **{k: jnp.asarray(e[k]) for k in keys}))[0]  # noqa: E731
+  both = logits(ex)
+  alone_ex = example(texts[:1])
+  alone = logits(alone_ex)
+  one = doc == 1
+  np.testing.assert_allclose(both[one], alone[alone_ex['segment_ids'][0] == 1], atol=1e-5)
+  other = example([texts[0], (texts[1] + 7) % 400 + BS, (texts[2] + 3) % 400 + BS])
+  np.testing.assert_array_equal(other['segment_ids'], ex['segment_ids'])  # same layout, other tokens
+  changed = logits(other)
+  np.testing.assert_allclose(both[one], changed[one], atol=1e-5)
+  assert not np.allclose(both[doc == 2], changed[doc == 2], atol=1e-3)

@@ -441,19 +441,24 @@ def test_denoising_rates():
 def test_glm_blank_infilling():
   obj = objectives.make('blank_infilling', vocab_size=V, num_special=SPECIAL)
   rng = np.random.default_rng(10)
+  t = 256
   masked = total = 0
   lengths = []
   for step in range(20):
-    batch = random_batch(rng, b=8, t=256)
+    batch = random_batch(rng, b=8, t=obj.input_length(t))  # rows as the pipeline packs them, padded to t
+    batch = {k: np.pad(v, ((0, 0), (0, t - v.shape[1]))) for k, v in batch.items()}
     batch['tokens'] = np.where(batch['segment_ids'] > 0, np.maximum(batch['tokens'], SPECIAL), 0)
     ex = obj.example(batch, np.random.default_rng(step))
     for row in range(8):
       ctx = ex['context_length'][row]
-      toks, pos, block = ex['tokens'][row], ex['positions'][row], ex['block_positions'][row]
+      toks, pos, block, doc = (ex[k][row] for k in ('tokens', 'positions', 'block_positions', 'segment_ids'))
       tgt, w = ex['targets'][row], ex['weights'][row]
       a, n = toks[:ctx], int(ctx + w.sum())
-      assert (block[:ctx] == 0).all() and (pos[:ctx] == np.arange(ctx)).all() and (w[:ctx] == 0).all()
-      assert (ex['segment_ids'][row][:n] == 1).all() and (ex['segment_ids'][row][n:] == 0).all()
+      assert (block[:ctx] == 0).all() and (w[:ctx] == 0).all()
+      assert (doc[:n] > 0).all() and (doc[n:] == 0).all()
+      assert (np.diff(doc[:ctx]) >= 0).all() and (np.diff(doc[ctx:n]) >= 0).all()  # documents in order, A then B
+      for d in np.unique(doc[:ctx]):  # each document's part A counts its positions from 0
+        assert (pos[:ctx][doc[:ctx] == d] == np.arange((doc[:ctx] == d).sum())).all()
       # part B: spans opened by [sop], each token predicting the next, closed by [eop]
       fills = {}
       i = ctx
@@ -464,15 +469,28 @@ def test_glm_blank_infilling():
           j += 1
         span = toks[i + 1:j + 1]
         np.testing.assert_array_equal(tgt[i:j + 1], list(span) + [tk.EOP])
-        assert (pos[i:j + 1] == pos[i]).all() and a[pos[i]] == tk.MASK
+        assert (pos[i:j + 1] == pos[i]).all() and (doc[i:j + 1] == doc[i]).all()
+        assert a[doc[:ctx] == doc[i]][pos[i]] == tk.MASK  # the [MASK] of its own document
         assert (block[i:j + 1] == np.arange(1, j - i + 2)).all()
-        fills[pos[i]] = list(span)
+        fills[doc[i], pos[i]] = list(span)
         lengths.append(len(span))
         i = j + 1
-      rebuilt = [x for k, tok in enumerate(a) for x in (fills[k] if tok == tk.MASK else [tok])]
-      original = batch['tokens'][row][batch['segment_ids'][row] > 0][:len(rebuilt)]
-      np.testing.assert_array_equal(rebuilt, original)
+      seg = batch['segment_ids'][row]
+      for d, s in enumerate(np.unique(seg[seg > 0]), 1):  # every document rebuilt whole: nothing dropped
+        a_d = a[doc[:ctx] == d]
+        rebuilt = [x for k, tok in enumerate(a_d) for x in (fills[d, k] if tok == tk.MASK else [tok])]
+        np.testing.assert_array_equal(rebuilt, batch['tokens'][row][seg == s])
+        total += len(rebuilt)
       masked += sum(len(v) for v in fills.values())
-      total += len(rebuilt)
   assert abs(masked / total - 0.15) < 0.01
+  # span lengths: Poisson(3) given >= 1, in documents long enough that the 15% budget rarely trims them (the short
+  # documents above have budgets of 1 to 9 tokens, so their spans are mostly trimmed)
+  lengths = []
+  for step in range(10):
+    n = obj.input_length(t)
+    batch = {'tokens': np.pad(rng.integers(SPECIAL, V, (8, n)), ((0, 0), (0, t - n))).astype(np.int32),
+             'segment_ids': np.pad(np.ones((8, n), np.int32), ((0, 0), (0, t - n)))}
+    ex = obj.example(batch, np.random.default_rng(100 + step))
+    for row in range(8):  # a span of k tokens: k + 1 targets, the last [eop]
+      lengths += list(np.diff([ex['context_length'][row] - 1, *np.flatnonzero(ex['targets'][row] == tk.EOP)]) - 1)
   assert abs(np.mean(lengths) - 3 / (1 - np.exp(-3))) < 0.3  # Poisson(3) given >= 1

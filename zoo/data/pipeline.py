@@ -1,6 +1,7 @@
 """The input pipeline on grain: documents -> shuffled, host-sharded, tokenized, packed, batched.
 
-Every batch is a dict of int32 numpy arrays [batch, seq_len]:
+Every batch is a dict of int32 numpy arrays [batch, seq_len] (rows hold at most `text_len` tokens of text, seq_len
+unless an objective needs room to add its own: GLM's part B):
   tokens       token ids (0 = [PAD])
   segment_ids  1, 2, ... for the documents packed into a row, 0 for padding
   positions    position of each token inside its document piece (restarting at 0 in each segment)
@@ -101,6 +102,13 @@ def _pad_row(seq_len: int):
   return fn
 
 
+def _widen(row_len: int):
+  """Pad a packed row's every feature with zeros (padding) to row_len."""
+  def fn(element):
+    return {k: np.pad(v, (0, row_len - len(v))) for k, v in element.items()}
+  return fn
+
+
 def _rename(element):
   """grain's packers name their outputs tokens_segment_ids and tokens_positions (and the same for every
   other packed feature, which are equal): keep one of each."""
@@ -117,17 +125,20 @@ def _has_tokens(element) -> bool:
 
 
 def check_corpus_fits(docs: Sequence[str], tokenizer: tk.Tokenizer, seq_len: int, global_batch: int,
-                      packing: str, shard_count: int = 1) -> None:
-  """Refuse, with the fields to change, a training corpus that cannot fill one batch per epoch."""
-  need = global_batch * seq_len
+                      packing: str, shard_count: int = 1, text_len: int | None = None) -> None:
+  """Refuse, with the fields to change, a training corpus that cannot fill one batch per epoch (rows of
+  text_len tokens of text, default seq_len: see make_dataset)."""
+  text_len = seq_len if text_len is None else text_len
+  need = global_batch * text_len
   if len(docs) > need:  # enough documents of at least one token each
     return
   tokens = sum(len(tokenizer.encode(d)) + 1 for d in docs)
-  rows = len(docs) if packing == 'pad' else math.ceil(tokens / seq_len)
+  rows = len(docs) if packing == 'pad' else math.ceil(tokens / text_len)
   if rows < global_batch or len(docs) < shard_count:
+    held = f' ({text_len} tokens of text)' if text_len != seq_len else ''
     raise ValueError(
         f'data.source is too small: one pass over its {len(docs)} training document(s) ({tokens:,} tokens) '
-        f'gives {rows} row(s) of train.seq_len={seq_len}, fewer than one batch of train.batch_size='
+        f'gives {rows} row(s) of train.seq_len={seq_len}{held}, fewer than one batch of train.batch_size='
         f'{global_batch}: add text, or lower train.batch_size or train.seq_len')
 
 
@@ -135,7 +146,7 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
                  packing: str = 'concat', shuffle: bool = True, num_epochs: int | None = None,
                  shard_index: int = 0, shard_count: int = 1, num_workers: int = 0, prefetch: int = 2,
                  add_eos: bool = True, pad_last_batch: bool = False, packing_bins: int = 128,
-                 sentences: bool = False, word_segmenter: str = '') -> grain.IterDataset:
+                 sentences: bool = False, word_segmenter: str = '', text_len: int | None = None) -> grain.IterDataset:
   """A grain IterDataset of batches (see the module docstring).
 
   batch_size is per process (the global batch / process count). num_epochs None repeats forever, each
@@ -145,11 +156,16 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   (segment_ids 0) instead of dropping it. packing_bins: rows first_fit fills at once (more: fuller rows;
   128 fills 98% of the default corpus at seq_len 128). sentences: add `sentence_ids` and `document_ids`.
   word_segmenter ('jieba'): add `word_starts` (1 where a token starts a word) for whole-word masking of Chinese.
+  text_len (default seq_len): pack rows of at most this many tokens, then pad them to seq_len (an objective's
+  `input_length(seq_len)`: the room it needs to add tokens without dropping any of the text).
   """
   if packing not in PACKINGS:
     raise ValueError(f'data.packing must be one of {PACKINGS}, got {packing!r}')
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index {shard_index} must be in [0, {shard_count})')
+  pack_len = seq_len if text_len is None else text_len
+  if not 0 < pack_len <= seq_len:
+    raise ValueError(f'text_len={text_len} must be in [1, seq_len={seq_len}]')
   ds = grain.MapDataset.source(docs)
   if sentences:  # before sharding and shuffling: a document's id is its index in docs
     ds = ds.map_with_index(_with_index)
@@ -159,18 +175,20 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   ds = ds.repeat(num_epochs)
   ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
   it = ds.to_iter_dataset()
-  lengths = {'tokens': seq_len, **({'sentence_ids': seq_len, 'document_ids': seq_len} if sentences else {}),
-             **({'word_starts': seq_len} if word_segmenter else {})}
+  lengths = {'tokens': pack_len, **({'sentence_ids': pack_len, 'document_ids': pack_len} if sentences else {}),
+             **({'word_starts': pack_len} if word_segmenter else {})}
   if packing == 'concat':
     it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)
   else:
-    it = ge.FlatMapIterDataset(it, _Chunk(seq_len, max_fan_out=1 << 20))
+    it = ge.FlatMapIterDataset(it, _Chunk(pack_len, max_fan_out=1 << 20))
     if packing == 'first_fit':
       it = ge.FirstFitPackIterDataset(it, length_struct=lengths,
                                       num_packing_bins=max(batch_size, packing_bins),
                                       seed=seed, shuffle_bins=shuffle).map(_rename)
     else:
-      it = it.map(_pad_row(seq_len))
+      it = it.map(_pad_row(pack_len))
+  if pack_len < seq_len:  # the room the objective fills: padding here
+    it = it.map(_widen(seq_len))
   if pad_last_batch:
     it = it.batch(batch_size, drop_remainder=False).map(_pad_batch(batch_size, seq_len))
   else:

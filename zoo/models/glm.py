@@ -3,7 +3,9 @@
 The input is part A (the text with spans replaced by [MASK]) followed by part B (the spans, each opened by a
 start token). Every token carries two positions: its position in the corrupted text (a token of a span takes
 the position of its [MASK]) and its position inside its span (0 in part A). Part A attends bidirectionally
-within A; part B attends to all of A and causally within B.
+within A; part B attends to all of A and causally within B. A packed row (segment_ids: the documents) holds
+every document's part A, then every document's part B; each document sees only its own tokens
+(`training_mask`), so it is trained as if it were alone.
 
 >>> import jax, jax.numpy as jnp
 >>> model = Glm(**SIZES['tiny'])
@@ -40,9 +42,17 @@ def glm_mask(context_length, q_positions, k_positions):
   return (in_a[:, None, :] | causal[None])[:, None]
 
 
+def training_mask(segment_ids, context_length) -> attention.Mask:
+  """The mask of a full forward pass: a query sees the keys of its own document (segment_ids [B, T], 0 = padding;
+  None: one document) that lie in part A (index < context_length [B]) or at or before it. With the rows the
+  objective builds (all the documents' parts A, then their spans) a document's part A sees its own part A, and
+  its spans see its own part A and its own spans causally."""
+  return attention.Mask(segment_ids, segment_ids, prefix=context_length, causal=True)
+
+
 class Glm(nn.Module):
   """Call: (tokens [B, T], positions [B, T] (in the corrupted text), block_positions [B, T] (inside the
-  span, 0 in part A), context_length [B] (length of part A), segment_ids [B, T] (0 = padding),
+  span, 0 in part A), context_length [B] (length of part A), segment_ids [B, T] (documents 1, 2, ...; 0 = padding),
   deterministic, decode) -> logits [B, T, V] float32."""
   vocab_size: int = 30592
   max_len: int = 512
@@ -70,7 +80,7 @@ class Glm(nn.Module):
       mask = glm_mask(context_length, q_idx, k_idx)
     else:  # packed rows (segment_ids): each document sees only itself
       q_idx = jnp.arange(t)
-      mask = attention.Mask(segment_ids, segment_ids, prefix=context_length, causal=True)
+      mask = training_mask(segment_ids, context_length)
     positions = jnp.broadcast_to(q_idx, (b, t)) if positions is None else positions
     block_positions = jnp.zeros_like(tokens) if block_positions is None else block_positions
 

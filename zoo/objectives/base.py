@@ -81,15 +81,21 @@ class Objective:
     del outputs, example
     return {}
 
+  def input_length(self, seq_len: int) -> int:
+    """Tokens of text a row of seq_len may hold: the pipeline packs rows to this and pads them to seq_len. Less
+    than seq_len for an objective that adds tokens to the row (GLM's part B), so that none of the text is cut."""
+    return seq_len
+
   def model_fields(self) -> dict[str, Any]:
     """Model fields this objective needs set (a task's head); none for pretraining."""
     return {}
 
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
-    """A well-formed batch of the right shapes, for shape inference and compilation."""
+    """A well-formed batch of the right shapes, for shape inference and compilation (rows as the pipeline
+    delivers them: `input_length(seq_len)` tokens, then padding)."""
     ids = np.full((batch_size, seq_len), self.num_special, np.int32)
-    return {'tokens': ids, 'segment_ids': np.ones_like(ids),
-            'positions': np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape).copy()}
+    seg = (np.arange(seq_len) < self.input_length(seq_len)).astype(np.int32)[None].repeat(batch_size, 0)
+    return {'tokens': ids * seg, 'segment_ids': seg, 'positions': np.arange(seq_len, dtype=np.int32) * seg}
 
 
 @dataclasses.dataclass

@@ -54,13 +54,15 @@ class CorpusInputs(Inputs):
   def train_dataset(self, run):
     cfg = self.config
     docs = self.read(cfg, 'train')
-    pipeline.check_corpus_fits(docs, run.tokenizer, cfg.train.seq_len, cfg.train.batch_size,
-                               cfg.data.packing, jax.process_count())
+    text_len = run.objective.input_length(cfg.train.seq_len)
+    pipeline.check_corpus_fits(docs, run.tokenizer, cfg.train.seq_len, cfg.train.batch_size, cfg.data.packing,
+                               jax.process_count(), text_len=text_len)
     self.read(cfg, 'validation')  # a missing or empty validation split fails now, not after training
     return pipeline.make_dataset(docs, run.tokenizer, seq_len=cfg.train.seq_len, batch_size=run.local_batch,
                                  seed=cfg.seed, packing=cfg.data.packing, shard_index=jax.process_index(),
                                  shard_count=jax.process_count(), num_workers=cfg.data.num_workers,
-                                 sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
+                                 sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter,
+                                 text_len=text_len)
 
   def eval_examples(self, run):
     """train.eval_batches batches of the validation split (0: one pass), the same masks every time."""
@@ -72,7 +74,8 @@ class CorpusInputs(Inputs):
                                batch_size=run.local_batch, packing=cfg.data.packing, shuffle=False,
                                num_epochs=None if n_batches > 0 else 1, shard_index=jax.process_index(),
                                shard_count=jax.process_count(), pad_last_batch=True, prefetch=0,
-                               sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter)
+                               sentences=run.objective.needs_sentences, word_segmenter=cfg.data.word_segmenter,
+                               text_len=run.objective.input_length(cfg.train.seq_len))
     it = iter(ds)
     for i in range(n_batches if n_batches > 0 else 1 << 30):
       try:
