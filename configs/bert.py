@@ -22,6 +22,7 @@ def get_config(size: str = 'tiny'):
   c.objective.masking = 'token'  # token, whole_word (BERT-wwm) or span (SpanBERT)
   c.objective.span_p = 0.2  # span masking: geometric parameter of span lengths, in words
   c.objective.span_max = 10  # span masking: longest span, in words
+  c.objective.sbo = False  # SpanBERT's span boundary objective (needs masking='span'; configs/spanbert.py sets it)
   c.objective.dynamic = True  # a new mask each time a batch is drawn; False: one fixed mask per example
   c.data.vocab_size = 2000 if tiny else 30522
   c.train.steps = 300 if tiny else 1_000_000

@@ -1,5 +1,6 @@
 """BERT (Devlin et al. 2018): token + segment (token type) + learned position embeddings, a post-LN
-encoder, a tanh pooler over [CLS], an MLM head tied to the input embeddings and an NSP head.
+encoder, a tanh pooler over [CLS], an MLM head tied to the input embeddings and an NSP head; with sbo=True also
+SpanBERT's span boundary head (Joshi et al. 2020), scored by the same tied output projection.
 
 ALBERT (albert.py) is this module with a factorized embedding (embedding_dim < embed_dim) and one set of
 layer parameters shared across depth.
@@ -34,13 +35,45 @@ SIZES = {
 PUBLISHED_PARAMS = {'base': 110_106_428, 'large': 336_226_108}
 
 
+class SpanBoundaryHead(nn.Module):
+  """SpanBERT's span boundary objective head (Joshi et al. 2020, section 3.2): for a token x_i of a masked span
+  x_s..x_e, from the encoder outputs of the boundary tokens x_{s-1}, x_{e+1} and a learned relative position
+  embedding p_{i-s+1} (row i - s of `position_embed`):
+    h0 = [x_{s-1}; x_{e+1}; p_{i-s+1}],  h1 = LayerNorm(act(W1 h0 + b1)),  y_i = LayerNorm(act(W2 h1 + b2))
+  with act = GeLU (the model's activation). Bert scores y_i with the MLM head's output projection.
+
+  Call: (x [B, T, H], left [B, P], right [B, P], offsets [B, P] (i - s: 0 for a span's first token)) ->
+  y [B, P, out_dim] (out_dim: the token embedding width, for the tied projection).
+  """
+  max_span: int  # rows of the position table: every offset is below it
+  out_dim: int
+  out_axis: str = 'mlp'  # logical name of W2's output axis ('embed_factor' under a factorized embedding)
+  activation: str = 'gelu'
+  norm_eps: float = 1e-12
+  dtype: common.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, left, right, offsets):
+    h = x.shape[-1]
+    gather = lambda idx: jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)  # noqa: E731
+    pos = common.embed(self.max_span, h, ('positions', 'embed'), dtype=self.dtype, name='position_embed')(offsets)
+    y = jnp.concatenate([gather(left), gather(right), pos.astype(x.dtype)], axis=-1)
+    act = common.activation_fn(self.activation)[0]
+    y = common.dense(h, ('embed', 'mlp'), dtype=self.dtype, name='transform_1')(y)
+    y = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='norm_1')(act(y))
+    y = common.dense(self.out_dim, ('embed', self.out_axis), dtype=self.dtype, name='transform_2')(y)
+    return common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='norm_2')(act(y))
+
+
 class Bert(nn.Module):
-  """BERT encoder with MLM and NSP heads.
+  """BERT encoder with MLM and NSP heads (and SpanBERT's span boundary head when sbo).
 
   Call: (tokens [B, T], token_types [B, T] (A=0/B=1), segment_ids [B, T] (packed documents 1..n, 0 =
   padding; default tokens != pad_id), positions [B, T], mlm_positions [B, P] (score only these
-  positions), deterministic) -> dict(hidden [B, T, H], pooled [B, H], mlm_logits [B, T or P, V] float32,
-  nsp_logits [B, 2] float32).
+  positions), sbo_left, sbo_right, sbo_offsets [B, P'] (sbo: each prediction's boundary tokens and offset in its
+  span, zoo.objectives.sbo; default every position as a one-token span), deterministic) -> dict(hidden [B, T, H],
+  pooled [B, H], mlm_logits [B, T or P, V] float32, nsp_logits [B, 2] float32, sbo_logits [B, T or P', V] float32
+  when sbo).
   """
   vocab_size: int = 30522
   type_vocab_size: int = 2
@@ -63,10 +96,11 @@ class Bert(nn.Module):
   head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), or a task: classification, span (QA), tagging
   num_labels: int = 2  # classes of the classification / tagging head
   pooling: str = 'cls'  # classification input: 'cls' (the pooled [CLS], as BERT) or 'mean' (of the tokens)
+  sbo: bool = False  # SpanBERT's span boundary head (set by objective.sbo); its position table has max_len rows
 
   @nn.compact
   def __call__(self, tokens, token_types=None, segment_ids=None, positions=None, mlm_positions=None,
-               deterministic: bool = True):
+               sbo_left=None, sbo_right=None, sbo_offsets=None, deterministic: bool = True):
     b, t = tokens.shape
     e = self.embedding_dim or self.embed_dim
     factored = e != self.embed_dim
@@ -113,7 +147,20 @@ class Bert(nn.Module):
                           (self.vocab_size,), jnp.float32)
     mlm_logits = common.attend(token_embed, h, self.dtype) + mlm_bias
     nsp_logits = common.dense(2, ('embed', 'classes'), dtype=self.dtype, name='nsp')(pooled)
-    return dict(hidden=x, pooled=pooled, mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
+    out = dict(hidden=x, pooled=pooled, mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
+    if not self.sbo:
+      if sbo_left is not None:
+        raise ValueError('sbo_left given to a model without the span boundary head: set model field sbo=True '
+                         '(objective.sbo does)')
+      return out
+    if sbo_left is None:  # no spans (init from example_batch): every position as a one-token span
+      i = jnp.broadcast_to(jnp.arange(t), (b, t))
+      sbo_left, sbo_right, sbo_offsets = jnp.maximum(i - 1, 0), jnp.minimum(i + 1, t - 1), jnp.zeros_like(i)
+    # max_len rows: a span lies in one row of at most max_len tokens, so no offset overflows, however long its words
+    y = SpanBoundaryHead(self.max_len, e, 'mlp' if not factored else 'embed_factor', self.activation, self.norm_eps,
+                         self.dtype, name='sbo')(x, sbo_left, sbo_right, sbo_offsets)
+    out['sbo_logits'] = common.attend(token_embed, y, self.dtype) + mlm_bias
+    return out
 
   def _task_head(self, x, pooled, deterministic):
     """classification: [B, num_labels] from the pooled [CLS]; span: [B, T, 2] start and end logits;

@@ -13,6 +13,10 @@ Maskable: real tokens (segment > 0) that are not special tokens. What is chosen 
 ngram_max > 1 (ALBERT, Lan et al. 2020) chooses n-grams of tokens ('token') or of whole words ('whole_word'),
 n <= ngram_max with p(n) proportional to 1/n; their replacement is per token, as ALBERT's. Spans and n-grams
 cover contiguous text only (never across a special token, padding or a word left out).
+sbo=True (with masking='span') adds SpanBERT's span boundary objective, a second loss term 'sbo': each token of a
+masked span is also predicted from the encoder outputs of the two tokens just outside its span and its position in
+the span (zoo.objectives.sbo: the boundaries on the host; zoo.models.bert.SpanBoundaryHead: the head, scored by
+the MLM head's tied output projection). The loss is MLM + SBO.
 The mask is drawn afresh each time a batch is drawn (dynamic masking, as RoBERTa), from a generator seeded by
 (seed, step): a resumed run draws the same. dynamic=False fixes one mask per example instead (the original
 BERT's static masking), seeded by the example's tokens: it takes effect where the same rows come back (pad
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from zoo.data import tokenizer as tk
+from zoo.objectives import sbo as sbo_lib
 from zoo.objectives.base import Batch, Objective, cross_entropy
 
 
@@ -43,6 +48,7 @@ class Mlm(Objective):
   ngram_max: int = 1  # > 1: n-grams of n <= ngram_max tokens or whole words, p(n) ~ 1/n (ALBERT: 3)
   dynamic: bool = True  # False: the same mask every time an example is seen
   word_starts: Any = None  # bool per vocabulary id: the piece starts a word (from the tokenizer)
+  sbo: bool = False  # SpanBERT's span boundary objective, a second term 'sbo' (needs masking='span')
 
   name = 'mlm'
   kinds = ('encoder',)
@@ -51,6 +57,16 @@ class Mlm(Objective):
     """Prediction slots per row: the budget, plus room for a last word or span that passes it."""
     rate = self.mask_rate if self.masking == 'token' and self.ngram_max == 1 else 1.25 * self.mask_rate
     return min(seq_len, max(1, math.ceil(rate * seq_len)))
+
+  def model_fields(self) -> dict[str, Any]:
+    """sbo: the model builds its span boundary head."""
+    self._check_sbo()
+    return {'sbo': True} if self.sbo else {}
+
+  def _check_sbo(self) -> None:
+    if self.sbo and self.masking != 'span':
+      raise ValueError(f"objective.sbo=True (SpanBERT's span boundary objective) predicts masked spans from their "
+                       f"boundaries: it needs objective.masking='span', not {self.masking!r}")
 
   def choose(self, tokens: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
              starts=None) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +183,7 @@ class Mlm(Objective):
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
+    self._check_sbo()
     tokens, seg = batch['tokens'], batch['segment_ids']
     b, t = tokens.shape
     maskable = (seg > 0) & (tokens >= self.num_special)
@@ -175,6 +192,7 @@ class Mlm(Objective):
     mlm_positions = np.zeros((b, p), np.int32)
     mlm_labels = np.zeros((b, p), np.int32)
     mlm_weights = np.zeros((b, p), np.float32)
+    spans = np.zeros((3, b, p), np.int32)  # sbo: left and right boundary, offset in the span, per prediction slot
     for row in range(b):
       # static masking: the same draws whenever this row's tokens come back
       r = rng if self.dynamic else np.random.default_rng(zlib.crc32(tokens[row].tobytes()))
@@ -189,16 +207,32 @@ class Mlm(Objective):
       mlm_positions[row, :n] = chosen
       mlm_labels[row, :n] = tokens[row, chosen]
       mlm_weights[row, :n] = 1.0
-    return {'tokens': inputs, 'segment_ids': seg, 'positions': batch['positions'],
-            'mlm_positions': mlm_positions, 'mlm_labels': mlm_labels, 'mlm_weights': mlm_weights}
+      if self.sbo:
+        spans[:, row, :n] = sbo_lib.boundaries(chosen, group, seg[row])
+    out = {'tokens': inputs, 'segment_ids': seg, 'positions': batch['positions'],
+           'mlm_positions': mlm_positions, 'mlm_labels': mlm_labels, 'mlm_weights': mlm_weights}
+    if self.sbo:  # every chosen token is in a span: the SBO targets are the MLM's
+      out.update(sbo_left=spans[0], sbo_right=spans[1], sbo_offsets=spans[2], sbo_labels=mlm_labels.copy(),
+                 sbo_weights=mlm_weights.copy())
+    return out
 
   def inputs(self, example):
-    return {'tokens': example['tokens'], 'segment_ids': example['segment_ids'],
-            'positions': example['positions'], 'mlm_positions': example['mlm_positions']}
+    out = {'tokens': example['tokens'], 'segment_ids': example['segment_ids'],
+           'positions': example['positions'], 'mlm_positions': example['mlm_positions']}
+    if self.sbo:
+      out.update(sbo_left=example['sbo_left'], sbo_right=example['sbo_right'], sbo_offsets=example['sbo_offsets'])
+    return out
 
   def terms(self, outputs, example):
-    return {'mlm': cross_entropy(outputs['mlm_logits'], example['mlm_labels'], example['mlm_weights'],
-                                 self.label_smoothing)}
+    out = {'mlm': cross_entropy(outputs['mlm_logits'], example['mlm_labels'], example['mlm_weights'],
+                                self.label_smoothing)}
+    if self.sbo:
+      out['sbo'] = cross_entropy(outputs['sbo_logits'], example['sbo_labels'], example['sbo_weights'],
+                                 self.label_smoothing)
+    return out
 
   def counts(self, example):
-    return {'mlm': example['mlm_weights'].sum()}
+    out = {'mlm': example['mlm_weights'].sum()}
+    if self.sbo:
+      out['sbo'] = example['sbo_weights'].sum()
+    return out

@@ -61,7 +61,8 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
     buckets) cost nothing; a tied output projection counts its V x D.
   - ALBERT's shared layers count once per application (num_layers times), not once.
   - BERT's MLM head (transform and output projection) runs on the masked positions only:
-    `objective.max_predictions(T) / T` of the tokens. The pooler, NSP and classification heads run once per row.
+    `objective.max_predictions(T) / T` of the tokens; so does SpanBERT's span boundary head (sbo: its two layers and
+    a second pass through the output projection). The pooler, NSP and classification heads run once per row.
   - Attention: 12 x T x width per layer (QK^T and AV, forward and backward), halved for a causal mask when a fused
     kernel runs it (it skips the masked blocks; the xla path computes them all); cross-attention 12 x S x width.
   Norms, biases, softmax and the optimizer are not counted (they are memory-bound). params: the unboxed parameter
@@ -79,14 +80,15 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
     n = float(math.prod(leaf.shape))
     if path[0] in ('pooler', 'nsp', 'classifier'):
       n /= seq_len
-    elif path[0].startswith('mlm'):
+    elif path[0].startswith('mlm') or path[0] == 'sbo':
       n *= frac
     elif shared and path[0] == 'layers':
       n *= layers
     weights += n
   if getattr(model, 'tie_embeddings', False) or mlm:
     table = params.get('token_embed', {}).get('embedding')
-    weights += float(math.prod(table.shape)) * (frac if mlm else 1.0) if table is not None else 0.0
+    uses = frac * (2 if getattr(model, 'sbo', False) else 1) if mlm else 1.0  # SBO: the projection again
+    weights += float(math.prod(table.shape)) * uses if table is not None else 0.0
   flops = 6.0 * weights
   heads = getattr(model, 'num_heads', 0)
   if heads and hasattr(model, 'embed_dim'):
