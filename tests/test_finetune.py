@@ -14,7 +14,8 @@ from flax import traverse_util
 
 from zoo import checkpoint as ckpt
 from zoo import config as config_lib
-from zoo import tasks, train
+from zoo import api as zoo_api
+from zoo import contract, tasks, train
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as ad_lib
 from zoo.tasks import demo, qa
@@ -168,21 +169,58 @@ def test_tagging_entities():
   assert right['entity_f1'] == 1.0
 
 
-def test_sft_weights_cover_the_target_only(tokenizer_path):
+def test_sft_lays_out_each_kind_as_its_contract_says(tokenizer_path):
+  """The loss covers the target (and its stop token) only; encoder-decoders read the context + [EOS] and decode
+  from their start token; GLM reads context + [MASK] as part A and fills it after [sop] at the [MASK]'s position,
+  ending with [eop], as in its pretraining and in zoo.generate."""
   tok = tk.Tokenizer.load(tokenizer_path)
   rec = [{'input': 'reverse: red cat', 'target': 'cat red'}]
-  target = tok.encode('cat red') + [tk.EOS]
+  target = tok.encode('cat red')
   context = tok.encode('reverse: red cat')
-  causal = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24)
+  causal = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24, contract=contract.of('gpt'))
   a, _ = causal.featurize(rec, tok, 'x')
   w = a['weights'][0] > 0
-  assert list(a['targets'][0][w]) == target  # exactly the target tokens (and [EOS]) are predicted
-  assert w.sum() == len(target) and a['tokens'][0, :len(context)].tolist() == context
-  s2s = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24, encoder_decoder=True, decoder_start=tk.PAD)
+  assert list(a['targets'][0][w]) == target + [tk.EOS]  # exactly the target tokens (and [EOS]) are predicted
+  assert w.sum() == len(target) + 1 and a['tokens'][0, :len(context)].tolist() == context
+  s2s = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24,
+                   contract=contract.of('t5', 'span_corruption'))
   b, _ = s2s.featurize(rec, tok, 'x')
-  assert b['tokens'][0, :len(context)].tolist() == context
-  assert list(b['targets'][0][b['weights'][0] > 0]) == target
-  assert b['decoder_tokens'][0, :len(target)].tolist() == [tk.PAD] + target[:-1]
+  assert b['tokens'][0, :len(context) + 2].tolist() == context + [tk.EOS, 0]
+  assert list(b['targets'][0][b['weights'][0] > 0]) == target + [tk.EOS]
+  assert b['decoder_tokens'][0, :len(target) + 2].tolist() == [tk.PAD] + target + [0]
+  glm = tasks.make('sft', vocab_size=tok.vocab_size, num_special=9, seq_len=24, contract=contract.of('glm'))
+  g, _ = glm.featurize(rec, tok, 'x')
+  n_a, n = len(context) + 1, len(context) + 1 + len(target) + 1
+  assert g['tokens'][0, :n].tolist() == context + [tk.MASK, tk.SOP] + target and g['context_length'][0] == n_a
+  assert list(g['targets'][0][g['weights'][0] > 0]) == target + [tk.EOP]
+  assert (g['weights'][0, :n_a] == 0).all() and (g['weights'][0, n_a:n] == 1).all()
+  assert g['positions'][0, :n].tolist() == list(range(n_a)) + [n_a - 1] * (n - n_a)  # at the [MASK]
+  assert g['block_positions'][0, :n].tolist() == [0] * n_a + list(range(1, n - n_a + 1))
+
+
+COPY = ['red cat', 'blue dog', 'green tree', 'the module', 'old house', 'new file', 'big river', 'small stone']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['gpt', 't5', 'bart', 'glm', 'rnn_lm', 'rnn_seq2seq'])
+def test_sft_then_generate_reproduces_a_copy_task(family, tokenizer_path, tmp_path):
+  """The train/inference contract end to end: fine-tuned (from scratch) on eight 'copy: X' -> 'X' pairs, greedy
+  zoo.generate answers every prompt with its target exactly. A family whose generation lays out the prompt
+  otherwise than fine-tuning did (GLM's [MASK] / [sop] / 2-D positions, a missing source [EOS], another start or
+  stop token) fails here, however low its training loss."""
+  data = tmp_path / 'copy.jsonl'
+  data.write_text(''.join(json.dumps({'input': f'copy: {x}', 'target': x}) + '\n' for x in COPY))
+  c = finetune_config('sft', '', **{'train.steps': 150, 'train.seq_len': 32, 'train.batch_size': 8,
+                                    'data.tokenizer': tokenizer_path, 'data.vocab_size': 1000,
+                                    'optimizer.learning_rate': 1e-2, 'optimizer.warmup_steps': 10, 'task.train': f'jsonl:{data}',
+                                    'task.validation': f'jsonl:{data}', 'mesh.devices': 1,
+                                    'model.dropout_rate': 0.0, 'log.every': 50})
+  config_lib.set_model(c, family, 'tiny')
+  workdir = str(tmp_path / family)
+  train.train_and_evaluate(c, workdir)
+  loaded = zoo_api.load(workdir, devices=1)
+  answers = zoo_api.generate(loaded, [f'copy: {x}' for x in COPY], max_new=12)
+  assert [a.strip() for a in answers] == COPY, answers
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ directories, and places the parameters on the devices present (any count, any me
 them. Only the parameters are read: no optimizer state.
 
 It also reads a zoo model directory that `python -m zoo.convert import --hf_dir=HF --out=DIR` wrote (a
-HuggingFace BERT / GPT-2 / T5 with its tokenizer): `zoo.generate` then tokenizes with the HF tokenizer
+HuggingFace BERT / ALBERT / GPT-2 / T5 / BART with its tokenizer): `zoo.generate` then tokenizes with the HF tokenizer
 (`zoo.data.hf_tokenizer.HFTokenizer`), stops at its eos (GPT-2's <|endoftext|>, T5's </s>), starts T5's decoder
 at decoder_start_token_id (pad) and appends </s> to T5's input, as transformers does. There is no data to
 evaluate such a model on: `zoo.evaluate` refuses it.
@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from zoo import checkpoint as ckpt
+from zoo import contract
 from zoo import decoding as gen
 from zoo import models
 from zoo import paths
@@ -141,12 +142,6 @@ def evaluate(loaded: Loaded) -> dict:
   return train.evaluate(loaded.run, loaded.params)
 
 
-def start_id(config) -> int:
-  """The decoder's first token for a run's config: [PAD] after T5's span corruption (as T5 does), else [BOS]."""
-  objective = config.task.get('pretrained_objective', '') or config.objective.name
-  return tk.PAD if objective == 'span_corruption' else tk.BOS
-
-
 def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, num_beams: int = 1, alpha: float = 0.6, seed: int = 0) -> list[str]:
   """Continue each prompt (GPT, the RNN LMs), answer it (T5, BART, the RNN encoder-decoder: beam search with
@@ -176,21 +171,20 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   model, params, family = loaded.model, loaded.params, loaded.family
   rng = jax.random.key(seed)
-  glm = models.kind(family) == models.BLANK_INFILLING
-  stop = tk.EOP if glm else tk.EOS
-  n = tok.vocab_size
   _check_family(family, num_beams)
-  if models.is_encoder_decoder(family):
-    ids = [tok.encode(p) + [tk.EOS] for p in prompts]
+  c = contract.for_config(loaded.config)  # what the model was trained on: start, stop, source [EOS], GLM's layout
+  glm, stop, n = c.blank_infilling, c.stop_id, tok.vocab_size
+  if c.encoder_decoder:
+    ids = [contract.source(tok.encode(p)) for p in prompts]
     src = np.zeros((len(ids), max(map(len, ids))), np.int32)
     for i, x in enumerate(ids):
       src[i, :len(x)] = x
     if num_beams > 1:
-      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, start_id(loaded.config),
+      out, _ = gen.beam_search(model, params, jnp.asarray(src), max_new, num_beams, alpha, c.start_id, stop,
                                vocab_size=n)
     else:
       out = gen.sample_seq2seq(model, params, jnp.asarray(src), rng, max_new, temperature, top_k, top_p,
-                               start_id(loaded.config), vocab_size=n)
+                               c.start_id, stop, vocab_size=n)
     return [_text(tok, row, stop) for row in np.asarray(out)]
   results = [''] * len(prompts)
   encoded = [_glm_context(tok, p) if glm else tok.encode(p) for p in prompts]
@@ -202,12 +196,12 @@ def generate(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int = 50,
     if glm:
       ctx = jnp.asarray([encoded[i][0] for i in rows], jnp.int32)
       out = gen.sample_glm(model, params, ctx, key, max_new, jnp.asarray([encoded[i][1] for i in rows], jnp.int32),
-                           temperature, top_k, top_p, vocab_size=n)
+                           temperature, top_k, top_p, stop, vocab_size=n)
     else:
       if length == 0:
         raise ValueError('an empty prompt: give at least one character')
       out = gen.sample_lm(model, params, jnp.asarray([encoded[i] for i in rows], jnp.int32), key, max_new,
-                          temperature, top_k, top_p, vocab_size=n)
+                          temperature, top_k, top_p, stop, vocab_size=n)
     for i, row in zip(rows, np.asarray(out)):
       if glm:  # the blank after the text before the [MASK]
         ids, at = encoded[i]
@@ -285,9 +279,9 @@ def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int =
 
 
 def _glm_context(tok, prompt: str) -> tuple[list[int], int]:
+  """GLM's part A for a prompt: its text with its '[MASK]' (or one appended), and where the [MASK] is."""
   before, found, after = prompt.partition('[MASK]')
-  ids = tok.encode(before) + [tk.MASK] + (tok.encode(after) if found and after else [])
-  return ids, len(tok.encode(before))
+  return contract.glm_prompt(tok.encode(before), tok.encode(after) if found and after else [])
 
 
 def _text(tok, row, stop: int, prompt: str = '', prompt_ids: Sequence[int] = ()) -> str:

@@ -6,8 +6,9 @@ scored by the total log-likelihood of each choice, generation tasks by exact mat
 
 A prompt is `shots` demonstrations (drawn from `demos`, never the question itself), each the template filled
 with an example and followed by its answer, then the question's filled template. A choice's score is
-sum_t log p(choice_t | prompt, choice_<t) under the model (GPT, the RNN LMs: one sequence; T5 / BART / the RNN
-encoder-decoder: the prompt encoded, the choice decoded).
+sum_t log p(choice_t | prompt, choice_<t) under the model, with the prompt and the choice laid out as in
+fine-tuning (`zoo.contract`): one sequence for GPT and the RNN LMs; the prompt + [EOS] encoded and the choice
+decoded for the encoder-decoders; the prompt + [MASK] as GLM's part A and the choice as its blank.
 
 >>> build_prompt({'q': '2+2'}, [{'q': '1+1', 'a': '2'}], '{q} =', 'a')
 '1+1 = 2\\n\\n2+2 ='
@@ -23,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import models
-from zoo.data import tokenizer as tk
+from zoo import contract as contract_lib
 from zoo.tasks.qa import normalize_answer
 
 
@@ -51,56 +51,57 @@ def _bucket(n: int, multiple: int = 16) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _lm_logp(model, params, tokens, targets, weights):
-  logits = model.apply({'params': params}, tokens, segment_ids=(tokens != 0).astype(jnp.int32) | (weights > 0))
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+def _logp(model, params, inputs, targets, weights):
+  logp = jax.nn.log_softmax(model.apply({'params': params}, **inputs).astype(jnp.float32), -1)
   return (jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum(-1)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _s2s_logp(model, params, src, dec_in, targets, weights):
-  logp = jax.nn.log_softmax(model.apply({'params': params}, src, dec_in).astype(jnp.float32), -1)
-  return (jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum(-1)
+def _batch(rows: list[dict], keys: Sequence[str], length: int) -> dict[str, np.ndarray]:
+  """Rows of `contract.pair` lists, zero-padded to `length` (a multiple of 16: few compiles)."""
+  out = {}
+  for k in keys:
+    out[k] = np.zeros((len(rows), length), np.float32 if k == 'weights' else np.int32)
+    for i, r in enumerate(rows):
+      out[k][i, :len(r[k])] = r[k]
+  return out
 
 
-def choice_loglik(model, params, tokenizer, family: str, prompt: str, choices: Sequence[str],
-                  start_id: int = tk.BOS) -> np.ndarray:
-  """Total log-likelihood of each choice after the prompt: [len(choices)] float."""
+def choice_loglik(model, params, tokenizer, family: str | contract_lib.Contract, prompt: str,
+                  choices: Sequence[str]) -> np.ndarray:
+  """Total log-likelihood of each choice after the prompt: [len(choices)] float. `family` is a family name or
+  its `zoo.contract.Contract` (which says how the prompt and the choice are laid out, as in fine-tuning)."""
+  c = contract_lib.of(family) if isinstance(family, str) else family
   p = tokenizer.encode(prompt)
-  cs = [tokenizer.encode(' ' + c if not c.startswith(' ') else c) for c in choices]
-  n = len(cs)
-  if models.is_encoder_decoder(family):
-    length = _bucket(max(len(c) for c in cs) + 1)
-    src = np.zeros((n, _bucket(len(p) + 1)), np.int32)
-    src[:, :len(p) + 1] = p + [tk.EOS]
-    dec, tgt, w = (np.zeros((n, length), np.int32) for _ in range(2)) + (np.zeros((n, length), np.float32),)
-    for i, c in enumerate(cs):
-      dec[i, :len(c)] = [start_id] + c[:-1]
-      tgt[i, :len(c)] = c
-      w[i, :len(c)] = 1
-    return np.asarray(_s2s_logp(model, params, src, dec, tgt, w))
-  length = _bucket(len(p) + max(len(c) for c in cs))
-  tokens, tgt = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
-  w = np.zeros((n, length), np.float32)
-  for i, c in enumerate(cs):
-    seq = p + c
-    tokens[i, :len(seq)] = seq
-    tgt[i, :len(seq) - 1] = seq[1:]
-    w[i, len(p) - 1:len(seq) - 1] = 1  # the positions that predict the choice's tokens
-  return np.asarray(_lm_logp(model, params, tokens, tgt, w))
+  cs = [tokenizer.encode(' ' + ch if not ch.startswith(' ') else ch) for ch in choices]
+  length = _bucket(len(p) + 2 + max(len(x) for x in cs))
+  rows = [contract_lib.pair(c, p, x, length, close=False) for x in cs]  # the choice's tokens, no stop token
+  if c.encoder_decoder:
+    src = _batch(rows, ['tokens'], _bucket(len(p) + 1))['tokens']
+    dec = _batch(rows, ['decoder_tokens', 'targets', 'weights'], _bucket(max(len(x) for x in cs)))
+    inputs = {'tokens': src, 'decoder_tokens': dec['decoder_tokens']}
+    return np.asarray(_logp(model, params, inputs, dec['targets'], dec['weights']))
+  keys = ['tokens', 'targets', 'weights'] + (['positions', 'block_positions'] if c.blank_infilling else [])
+  b = _batch(rows, keys, length)
+  inputs = {k: b[k] for k in keys if k not in ('targets', 'weights')}
+  inputs['segment_ids'] = (np.arange(length)[None] < np.array([len(r['tokens']) for r in rows])[:, None]).astype(
+      np.int32)
+  if c.blank_infilling:
+    inputs['context_length'] = np.array([r['context_length'] for r in rows], np.int32)
+  return np.asarray(_logp(model, params, inputs, b['targets'], b['weights']))
 
 
-def evaluate_choices(model, params, tokenizer, family: str, records: Sequence[dict], *, template: str,
-                     target_field: str, choices: Sequence[str] | str, shots: int = 0, demos: Sequence[dict] = (),
-                     seed: int = 0, start_id: int = tk.BOS) -> dict:
+def evaluate_choices(model, params, tokenizer, family: str | contract_lib.Contract, records: Sequence[dict], *,
+                     template: str, target_field: str, choices: Sequence[str] | str, shots: int = 0, demos: Sequence[dict] = (),
+                     seed: int = 0) -> dict:
   """Multiple choice: accuracy of picking the choice with the highest total log-likelihood. `choices` is the
-  list of answers every example shares, or the name of a field holding each example's own list."""
+  list of answers every example shares, or the name of a field holding each example's own list. `family` is a
+  family name or its `zoo.contract.Contract`."""
   correct, picks = 0, []
   for i, r in enumerate(records):
     options = list(r[choices]) if isinstance(choices, str) else list(choices)
     pool = demos or records
     prompt = build_prompt(r, pick_demos(pool, shots, seed + i, None if demos else i), template, target_field)
-    scores = choice_loglik(model, params, tokenizer, family, prompt, [str(o) for o in options], start_id)
+    scores = choice_loglik(model, params, tokenizer, family, prompt, [str(o) for o in options])
     pick = int(np.argmax(scores))
     picks.append(pick)
     correct += str(options[pick]) == str(r[target_field])
@@ -143,9 +144,9 @@ def main(argv=None) -> dict:
   template = args.template.encode().decode('unicode_escape')
   if args.choices:
     choices = args.choices[1:] if args.choices.startswith('@') else [c for c in args.choices.split(',')]
-    out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, loaded.family, records, template=template,
-                           target_field=args.target_field, choices=choices, shots=args.shots, demos=demos,
-                           seed=args.seed, start_id=api.start_id(loaded.config))
+    out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, contract_lib.for_config(loaded.config),
+                           records, template=template, target_field=args.target_field, choices=choices,
+                           shots=args.shots, demos=demos, seed=args.seed)
   else:
     out = evaluate_generation(loaded, records, template=template, target_field=args.target_field, shots=args.shots,
                               demos=demos, seed=args.seed, max_new=args.max_new)

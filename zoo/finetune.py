@@ -16,7 +16,8 @@ import ml_collections
 from flax import traverse_util
 
 from zoo import checkpoint as ckpt
-from zoo import models, paths, registry, tasks
+from zoo import contract as contract_lib
+from zoo import paths, registry, tasks
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as adapters_lib
 
@@ -66,7 +67,9 @@ def _inherit(config) -> None:
         raise FileNotFoundError(f'task.init_from: {config.data.tokenizer} is missing; the tokenizer the model '
                                 f'was pretrained with is needed (or set data.tokenizer to it)')
   config.data.vocab_size = saved.data.vocab_size
-  config.task.pretrained_objective = saved.objective.name
+  # a fine-tuned run passes on what its own model was pretrained with
+  config.task.pretrained_objective = (saved.task.get('pretrained_objective', '') if saved.task.get('name', '')
+                                      else saved.objective.name)
 
 
 def make_adapters(config) -> adapters_lib.Adapters | None:
@@ -88,9 +91,7 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
     if isinstance(fields.get(key), str):
       fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
   if t.name == 'sft':
-    kind = models.kind(family)
-    fields.update(encoder_decoder=kind == models.ENCODER_DECODER, glm=kind == models.BLANK_INFILLING,
-                  decoder_start=tk.PAD if t.get('pretrained_objective', '') == 'span_corruption' else tk.BOS)
+    fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
   task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
                     seq_len=config.train.seq_len, **fields)
   registry.check_family(task, family, f'task.name={t.name!r}', 'fine-tunes')

@@ -1,8 +1,11 @@
-"""Supervised fine-tuning on (context, target) pairs, with the loss over the target tokens only.
+"""Supervised fine-tuning on (context, target) pairs, with the loss over the target tokens only, laid out as the
+family's train/inference contract says (`zoo.contract`): what generation, few-shot scoring and evaluation ask of
+the model is what it is trained on here.
 
 Decoder-only models (GPT, the RNN LMs) read context + target + [EOS] as one sequence and learn the tokens after
-the context; GLM reads the context bidirectionally (its part A) and the target causally. Encoder-decoders (T5,
-BART) encode the context and decode the target from the start token they were pretrained with.
+the context; encoder-decoders (T5, BART, the RNN encoder-decoder, the Transformer) encode context + [EOS] and
+decode the target from the start token they were pretrained with; GLM reads context + [MASK] bidirectionally
+(its part A) and fills the blank after [sop], ending with [eop], as in its pretraining.
 """
 from __future__ import annotations
 
@@ -10,19 +13,20 @@ import dataclasses
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
+from zoo import contract as contract_lib
 from zoo.objectives.base import cross_entropy
 from zoo.tasks.base import Task, column
+
+_GLM_KEYS = ('positions', 'block_positions')
 
 
 @dataclasses.dataclass
 class Sft(Task):
-  """Columns: input_field (the context / prompt) and target_field (what the model learns to continue with)."""
+  """Columns: input_field (the context / prompt) and target_field (what the model learns to answer with).
+  `contract` is the family's (set by the trainer from model.family and the pretraining objective)."""
   input_field: str = 'input'
   target_field: str = 'target'
-  encoder_decoder: bool = False
-  glm: bool = False
-  decoder_start: int = tk.BOS  # encoder-decoders: [BOS] (BART's denoising) or [PAD] (T5's span corruption)
+  contract: contract_lib.Contract = contract_lib.of('gpt')
 
   name = 'sft'
   perplexity = True
@@ -30,43 +34,36 @@ class Sft(Task):
   term_names = ('lm',)
 
   def featurize(self, records, tokenizer, where):
-    n, t = len(records), self.seq_len
+    n, t, c = len(records), self.seq_len, self.contract
     keys = ['tokens', 'targets', 'weights', 'segment_ids']
-    keys += ['decoder_tokens'] if self.encoder_decoder else (['context_length'] if self.glm else [])
+    keys += ['decoder_tokens'] if c.encoder_decoder else (list(_GLM_KEYS) if c.blank_infilling else [])
     arrays = {k: np.zeros((n, t), np.float32 if k == 'weights' else np.int32) for k in keys}
-    if self.glm:
+    if c.blank_infilling:
       arrays['context_length'] = np.zeros((n,), np.int32)
     host = []
     for row, r in enumerate(records):
       context = tokenizer.encode(str(column(r, self.input_field, 'task.input_field', where)))
-      target = tokenizer.encode(str(column(r, self.target_field, 'task.target_field', where))) + [tk.EOS]
-      host.append(target)
-      if self.encoder_decoder:
-        src, tgt = context[:t], target[:t]
-        arrays['tokens'][row, :len(src)] = src
-        arrays['segment_ids'][row, :len(src)] = 1
-        arrays['decoder_tokens'][row, :len(tgt)] = [self.decoder_start] + tgt[:-1]
-        arrays['targets'][row, :len(tgt)] = tgt
-        arrays['weights'][row, :len(tgt)] = 1.0
-        continue
-      target = target[:t - 1]
-      context = context[max(0, len(context) - (t - len(target))):]  # keep the context's end
-      ids = context + target
-      arrays['tokens'][row, :len(ids)] = ids
-      arrays['segment_ids'][row, :len(ids)] = 1
-      arrays['targets'][row, :len(ids) - 1] = ids[1:]
-      arrays['weights'][row, max(len(context) - 1, 0):len(ids) - 1] = 1.0  # positions that predict the target
-      if self.glm:
-        arrays['context_length'][row] = len(context)
+      target = tokenizer.encode(str(column(r, self.target_field, 'task.target_field', where)))
+      p = contract_lib.pair(c, context, target, t)
+      host.append(target + [c.stop_id])
+      arrays['tokens'][row, :len(p['tokens'])] = p['tokens']
+      arrays['segment_ids'][row, :len(p['tokens'])] = 1
+      lengths = len(p['targets'])
+      arrays['targets'][row, :lengths] = p['targets']
+      arrays['weights'][row, :lengths] = p['weights']
+      if c.encoder_decoder:
+        arrays['decoder_tokens'][row, :lengths] = p['decoder_tokens']
+      if c.blank_infilling:
+        for k in _GLM_KEYS:
+          arrays[k][row, :lengths] = p[k]
+        arrays['context_length'][row] = p['context_length']
     return arrays, host
 
   def inputs(self, example):
-    if self.encoder_decoder:
+    if self.contract.encoder_decoder:
       return {'tokens': example['tokens'], 'decoder_tokens': example['decoder_tokens']}
-    if self.glm:
-      return {'tokens': example['tokens'], 'segment_ids': example['segment_ids'],
-              'context_length': example['context_length']}
-    return {'tokens': example['tokens'], 'segment_ids': example['segment_ids']}
+    keys = ('tokens', 'segment_ids') + ((*_GLM_KEYS, 'context_length') if self.contract.blank_infilling else ())
+    return {k: example[k] for k in keys}
 
   def terms(self, outputs, example):
     return {'lm': cross_entropy(outputs, example['targets'], example['weights'], self.label_smoothing)}
