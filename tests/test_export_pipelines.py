@@ -248,3 +248,9 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, capsys, famil
   err = capsys.readouterr().err.strip()
   assert err.startswith('error: zoo converts bert, albert, gpt, t5, bart') and family in err and '\n' not in err
   assert not (tmp_path / 'out').exists()
+
+
+def test_export_refuses_the_transformer_naming_the_gap(tmp_path):
+  from zoo import models
+  with pytest.raises(convert.ConversionError, match='not transformer: zoo has no converter for it yet: .*MarianMT'):
+    convert.export_hf(models.get_model('transformer', 'tiny'), {}, 'transformer', str(tmp_path / 'out'))

@@ -48,7 +48,7 @@ def final_params(workdir, step):
 
 
 @pytest.mark.parametrize('name', ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart',
-                                  'rnn_seq2seq', 'glm', 'lstm', 'gru',
+                                  'transformer', 'rnn_seq2seq', 'glm', 'lstm', 'gru',
                                   'rnn'])
 @pytest.mark.slow
 def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
@@ -234,8 +234,8 @@ def test_two_processes_train_one_mesh_and_stop_together(tokenizer_path, tmp_path
   assert (tmp_path / 'checkpoints' / '12').exists() and (tmp_path / 'eval.json').exists()
 
 
-RECIPES = ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart', 'rnn_seq2seq', 'glm', 'lstm',
-           'gru', 'rnn']
+RECIPES = ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart', 'transformer', 'rnn_seq2seq',
+           'glm', 'lstm', 'gru', 'rnn']
 
 
 @pytest.mark.parametrize('name', RECIPES)

@@ -15,7 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # model init, data order, masks and dropout all derive from it
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'gpt'  # a family of zoo.models: bert, albert, gpt, t5, bart, glm, rnn_lm, rnn_seq2seq
+  c.model.family = 'gpt'  # a family of zoo.models: bert, albert, gpt, t5, bart, transformer, glm, rnn_lm, rnn_seq2seq
   c.model.size = 'tiny'  # a size of that family (python -m zoo.models lists them)
   c.model.vocab_size = -1  # -1: the tokenizer's size rounded up to a multiple of 128
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on TPU/GPU; parameters stay float32
@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.label_smoothing = 0.0  # smooth every cross-entropy target by this (optax.smooth_labels; 0.1: Vaswani)
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = ''  # '' : pretraining (objective.*); or fine-tuning: classification, tagging, qa, sft
+  c.task.name = ''  # '' : pretraining (objective.*); or fine-tuning: classification, tagging, qa, sft, translation
   c.task.init_from = ''  # a pretraining workdir (or its checkpoints/<step>): model, tokenizer and weights
   c.task.train = ''  # examples: tsv:<path>, csv:<path>, jsonl:<path> or tfds:<name>[:<split>]
   c.task.validation = ''  # the same kinds; scored with the task's metric

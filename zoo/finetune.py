@@ -90,7 +90,7 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
   for key in ('labels', 'lora_targets'):
     if isinstance(fields.get(key), str):
       fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
-  if t.name == 'sft':
+  if issubclass(tasks.TASKS.get(t.name, tasks.Task), tasks.Sft):  # sft, translation: the family's layout
     fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
   task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
                     seq_len=config.train.seq_len, **fields)

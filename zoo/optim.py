@@ -17,17 +17,21 @@ import optax
 def rsqrt_schedule(peak: float, warmup: int) -> optax.Schedule:
   """The Transformer's schedule (Vaswani et al. 2017, 5.3): d^-0.5 * min(step^-0.5, step * warmup^-1.5), scaled
   so its top (at step = warmup) is `peak`: peak * min(step / warmup, sqrt(warmup / step)). Linear warm-up, then
-  1/sqrt(step) decay with no end; warmup 0 counts as 1 (peak at step 1).
+  1/sqrt(step) decay with no end; warmup 0: no warm-up, as in the other decays (peak at steps 0 and 1, then
+  peak / sqrt(step)).
 
   >>> s = rsqrt_schedule(1e-2, 100)
   >>> [round(float(s(step)), 6) for step in (0, 50, 100, 400, 10_000)]
   [0.0, 0.005, 0.01, 0.005, 0.001]
+  >>> [round(float(rsqrt_schedule(1e-2, 0)(step)), 6) for step in (0, 1, 4)]
+  [0.01, 0.01, 0.005]
   """
-  w = float(max(warmup, 1))
+  w = float(warmup)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    return peak * jnp.minimum(step / w, jnp.sqrt(w / jnp.maximum(step, 1.0)))
+    decay = jax.lax.rsqrt(jnp.maximum(step, 1.0))
+    return peak * (decay if warmup <= 0 else jnp.minimum(step / w, w ** 0.5 * decay))
   return schedule
 
 

@@ -42,6 +42,9 @@ FAMILIES: dict[str, Family] = {
                  'T5 encoder-decoder (relative bias, RMSNorm, pre-LN)', ENCODER_DECODER),
     'bart': Family(encdec.EncoderDecoder, encdec.BART_SIZES, encdec.BART_PUBLISHED_PARAMS,
                    'BART encoder-decoder (learned positions, post-LN)', ENCODER_DECODER),
+    'transformer': Family(encdec.EncoderDecoder, encdec.TRANSFORMER_SIZES, encdec.TRANSFORMER_PUBLISHED_PARAMS,
+                          'The Transformer (Vaswani et al.): sinusoidal positions, scaled embeddings, post-LN',
+                          ENCODER_DECODER),
     'glm': Family(glm.Glm, glm.SIZES, glm.PUBLISHED_PARAMS, 'GLM: blank infilling with 2-D positions',
                   BLANK_INFILLING),
     'rnn_lm': Family(rnn.RnnLm, rnn.LM_SIZES, rnn.LM_PUBLISHED_PARAMS, 'RNN / GRU / LSTM language model', DECODER,
@@ -80,7 +83,7 @@ def families_of(*kinds: str, recurrent: bool | None = None) -> tuple[str, ...]:
   """The families of the given kinds (and, if given, recurrent or not), in registry order.
 
   >>> families_of(ENCODER_DECODER, recurrent=False)
-  ('t5', 'bart')
+  ('t5', 'bart', 'transformer')
   """
   return tuple(n for n, f in FAMILIES.items()
                if f.kind in kinds and (recurrent is None or f.recurrent == recurrent))

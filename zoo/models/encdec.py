@@ -1,5 +1,6 @@
 """Encoder-decoder transformers: T5 (Raffel et al. 2020: relative position bias, RMSNorm, pre-LN, no biases,
-unscaled attention, tied embeddings) and BART (Lewis et al. 2020: learned positions, post-LN, GELU).
+unscaled attention, tied embeddings), BART (Lewis et al. 2020: learned positions, post-LN, GELU) and the
+Transformer (Vaswani et al. 2017: sinusoidal positions, embeddings scaled by sqrt(d_model), post-LN, ReLU).
 
 >>> import jax, jax.numpy as jnp
 >>> model = EncoderDecoder(**T5_SIZES['tiny'])
@@ -46,6 +47,23 @@ BART_SIZES = {
 # HF BartModel with 1,026 learned positions (zoo keeps 1,024: 3,072 fewer).
 BART_PUBLISHED_PARAMS = {'base': 139_420_416, 'large': 406_291_456}
 
+# "Attention Is All You Need": sinusoidal positions added to the token embeddings times sqrt(d_model), post-LN with
+# no final norm, ReLU MLP with biases, attention scaled by 1/sqrt(d_k), one table shared by source, target and
+# output (unscaled logits), dropout 0.1. LayerNorm eps 1e-6: tensor2tensor's, the paper's code (fairseq: 1e-5).
+_TRANSFORMER = dict(vocab_size=37000, position='sinusoidal', embed_scale=True, activation='relu', norm='layernorm',
+                    norm_eps=1e-6, pre_ln=False, use_bias=True, attention_scale=None, embedding_norm=False,
+                    tie_embeddings=True, scale_tied_logits=False, mesh_tf_init=False, dropout_rate=0.1)
+TRANSFORMER_SIZES = {
+    'tiny': dict(_TRANSFORMER, vocab_size=512, num_encoder_layers=2, num_decoder_layers=2, embed_dim=64,
+                 num_heads=4, head_dim=16, mlp_dim=128),
+    'base': dict(_TRANSFORMER, num_encoder_layers=6, num_decoder_layers=6, embed_dim=512, num_heads=8,
+                 head_dim=64, mlp_dim=2048),  # 63.1M
+    'big': dict(_TRANSFORMER, num_encoder_layers=6, num_decoder_layers=6, embed_dim=1024, num_heads=16,
+                head_dim=64, mlp_dim=4096),  # 214M
+}
+# Table 3 of the paper, rounded to millions, with a 37,000-token shared vocabulary (WMT EN-DE byte-pair).
+TRANSFORMER_PUBLISHED_PARAMS = {'base': 65_000_000, 'big': 213_000_000}
+
 
 def _mesh_tf_mlp_init(d_model: int, d_ff: int, on: bool) -> dict:
   """T5's MLP initialisation (Mesh TensorFlow; transformers' T5PreTrainedModel._init_weights): wi (wi_0, wi_1)
@@ -75,6 +93,7 @@ class _Stack(nn.Module):
   relative_max_distance: int
   attention_scale: float | None
   embedding_norm: bool
+  embed_scale: bool
   mesh_tf_init: bool
   dropout_rate: float
   dtype: common.Dtype
@@ -98,8 +117,12 @@ class _Stack(nn.Module):
         segment_ids = (tokens != 0).astype(jnp.int32) if not self.causal else jnp.ones_like(tokens)
       mask = attention.Mask(segment_ids, segment_ids, causal=self.causal)
     x = self.token_embed(tokens)
+    if self.embed_scale:
+      x = x * jnp.asarray(self.embed_dim ** 0.5, x.dtype)
     bias = None
-    if self.position == 'learned':
+    if self.position == 'sinusoidal':
+      x = x + position.sinusoidal(positions, self.embed_dim).astype(x.dtype)
+    elif self.position == 'learned':
       x = x + position.LearnedPositions(self.max_len, self.embed_dim, self.dtype, name='position_embed')(
           positions)
     elif self.position == 'relative':
@@ -107,7 +130,7 @@ class _Stack(nn.Module):
                                            bidirectional=not self.causal, name='relative_bias')(
                                                positions, k_positions)
     else:
-      raise ValueError(f"model.position must be 'relative' or 'learned', got {self.position!r}")
+      raise ValueError(f"model.position must be 'relative', 'learned' or 'sinusoidal', got {self.position!r}")
     if self.embedding_norm:
       x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='embed_norm')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -134,7 +157,8 @@ class _Stack(nn.Module):
 class EncoderDecoder(nn.Module):
   """Call: (tokens [B, S], decoder_tokens [B, T] (targets shifted right), segment_ids [B, S] (default
   tokens != 0), decoder_segment_ids [B, T], positions, decoder_positions, deterministic) -> logits
-  [B, T, V] float32. Defaults are T5.1.0's; `BART_SIZES` switch every field BART needs."""
+  [B, T, V] float32. Defaults are T5.1.0's; `BART_SIZES` and `TRANSFORMER_SIZES` switch every field BART and
+  the Transformer need."""
   vocab_size: int = 32128
   num_encoder_layers: int = 6
   num_decoder_layers: int = 6
@@ -147,12 +171,15 @@ class EncoderDecoder(nn.Module):
   norm_eps: float = 1e-6
   pre_ln: bool = True
   use_bias: bool = False
-  position: str = 'relative'  # or 'learned'
+  position: str = 'relative'  # or 'learned', or 'sinusoidal' (Vaswani et al.: a fixed table, no parameters)
   max_len: int = 1024  # learned positions only
   relative_buckets: int = 32
   relative_max_distance: int = 128
   attention_scale: float | None = 1.0  # T5 folds 1/sqrt(d) into the initialisation
   embedding_norm: bool = False  # BART's layernorm_embedding
+  # The Transformer's token embeddings times sqrt(embed_dim), in both stacks. The table keeps zoo's normal(0.02),
+  # not tensor2tensor's N(0, d^-0.5): with tied, unscaled logits that would start ~0.5 nats above chance.
+  embed_scale: bool = False
   # T5's initialisation (Mesh TF): MLP wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5). Not yet the token embeddings'
   # N(0, 1) (step 0 would start ~0.7 nats above chance: tests/test_train's chance check), nor the attention's
   # q (d_model d_kv)^-0.5, k/v d_model^-0.5, o (heads d_kv)^-0.5 or the relative bias d_model^-0.5: those need
@@ -175,9 +202,9 @@ class EncoderDecoder(nn.Module):
         norm_eps=self.norm_eps, pre_ln=self.pre_ln, use_bias=self.use_bias, position=self.position,
         max_len=self.max_len, relative_buckets=self.relative_buckets,
         relative_max_distance=self.relative_max_distance, attention_scale=self.attention_scale,
-        embedding_norm=self.embedding_norm, mesh_tf_init=self.mesh_tf_init, dropout_rate=self.dropout_rate,
-        dtype=self.dtype,
-        scan_layers=self.scan_layers, remat=self.remat, adapters=self.adapters, attention=self.attention)
+        embedding_norm=self.embedding_norm, embed_scale=self.embed_scale, mesh_tf_init=self.mesh_tf_init,
+        dropout_rate=self.dropout_rate, dtype=self.dtype, scan_layers=self.scan_layers, remat=self.remat,
+        adapters=self.adapters, attention=self.attention)
     self.encoder = stack(causal=False, num_layers=self.num_encoder_layers)
     self.decoder = stack(causal=True, num_layers=self.num_decoder_layers)
     if not self.tie_embeddings:

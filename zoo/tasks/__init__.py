@@ -1,4 +1,5 @@
-"""Fine-tuning tasks by name: classification, tagging, qa (extractive), sft (supervised causal / seq2seq).
+"""Fine-tuning tasks by name: classification, tagging, qa (extractive), sft (supervised causal / seq2seq),
+translation (sft on `source` / `target` columns).
 
 A recipe names a task and a pretraining workdir (`task.init_from`); `train.py` restores the weights, adds the
 task's head and fine-tunes (see configs/finetune_*.py).
@@ -17,12 +18,14 @@ from zoo.tasks.qa import QuestionAnswering, best_span
 from zoo.tasks.records import read_records
 from zoo.tasks.sft import Sft
 from zoo.tasks.tagging import Tagging, bio_entities
+from zoo.tasks.translation import Translation
 
 TASKS: dict[str, type[Task]] = {
     'classification': Classification,
     'qa': QuestionAnswering,
     'sft': Sft,
     'tagging': Tagging,
+    'translation': Translation,
 }
 
 

@@ -1,18 +1,23 @@
 """Small offline datasets for trying the fine-tuning recipes (and for the tests): made from templates, so a
 model must read the words to do better than the majority class, and no download is needed.
 
-  python -m zoo.tasks.demo --out=data/demo     # writes sentiment_{train,validation}.tsv, names_*.jsonl, qa_*.jsonl, sft_*.jsonl
+  python -m zoo.tasks.demo --out=data/demo     # writes sentiment_{train,validation}.tsv, names_*.jsonl, qa_*.jsonl,
+                                               # sft_*.jsonl, translation_*.jsonl
 
 - sentiment (classification, TSV: sentence, label): a review whose verdict word is positive or negative,
   among neutral filler; 60% of the examples are positive, so the majority baseline is 0.6.
 - names (tagging, JSONL: tokens, tags): sentences with person names (B-PER I-PER) and places (B-LOC).
 - qa (JSONL: question, context, answers): "Where does X live?" over a context that names several people.
 - sft (JSONL: input, target): "reverse: a b c" -> "c b a" over small words.
+- translation (JSONL: source, target): English sentences "the big dog sees a cat" into a toy language, word for
+  word but with each adjective after its noun ("lo kan gran vidas na gato"): the reordering needs attention.
 
 >>> import tempfile
 >>> paths = write_demo(tempfile.mkdtemp(), n_train=20, n_validation=10)
 >>> sorted(paths)
-['names', 'qa', 'sentiment', 'sft']
+['names', 'qa', 'sentiment', 'sft', 'translation']
+>>> translation(np.random.default_rng(0), 1)
+[{'source': 'a blue child sees the cat', 'target': 'na nino azur vidas lo gato'}]
 """
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ LAST = ['Smith', 'Garcia', 'Muller', 'Tanaka', 'Rossi', 'Novak', 'Khan', 'Silva'
 PLACES = ['Paris', 'Lagos', 'Tokyo', 'Lima', 'Oslo', 'Cairo', 'Dublin', 'Quito', 'Seoul', 'Riga']
 WORDS = ['visited', 'met', 'called', 'saw', 'from', 'in', 'near', 'with', 'today', 'yesterday', 'and', 'then']
 SMALL = ['red', 'blue', 'cat', 'dog', 'sun', 'tree', 'box', 'cup', 'hat', 'map', 'pen', 'key']
+# demo:translation's toy language: one word for each English word
+DETERMINERS = {'the': 'lo', 'a': 'na'}
+ADJECTIVES = {'red': 'roso', 'blue': 'azur', 'big': 'gran', 'small': 'peti', 'tall': 'alta', 'happy': 'feli'}
+NOUNS = {'cat': 'gato', 'dog': 'kan', 'bird': 'avi', 'child': 'nino', 'farmer': 'agro', 'teacher': 'meso'}
+VERBS = {'sees': 'vidas', 'likes': 'amas', 'follows': 'sekas', 'helps': 'juvas', 'finds': 'trovas'}
 
 
 def sentiment(rng, n):
@@ -85,13 +95,34 @@ def sft(rng, n):
   return rows
 
 
+def translation(rng, n):
+  rows = []
+  for _ in range(n):
+    source, target = [], []
+    for phrase in range(2):  # subject verb object; each noun phrase: determiner [adjective] noun
+      det, noun = str(rng.choice(list(DETERMINERS))), str(rng.choice(list(NOUNS)))
+      adj = [str(rng.choice(list(ADJECTIVES)))] if rng.random() < 0.5 else []
+      source += [det, *adj, noun]
+      target += [DETERMINERS[det], NOUNS[noun], *(ADJECTIVES[a] for a in adj)]
+      if phrase == 0:
+        verb = str(rng.choice(list(VERBS)))
+        source.append(verb)
+        target.append(VERBS[verb])
+    rows.append({'source': ' '.join(source), 'target': ' '.join(target)})
+  return rows
+
+
+# name -> (maker, file kind): what write_demo writes and `demo:<name>` (zoo.tasks.records) reads
+SETS = {'sentiment': (sentiment, 'tsv'), 'names': (names, 'jsonl'), 'qa': (qa, 'jsonl'), 'sft': (sft, 'jsonl'),
+        'translation': (translation, 'jsonl')}
+
+
 def write_demo(out: str, n_train: int = 800, n_validation: int = 200, seed: int = 0) -> dict[str, dict[str, str]]:
-  """Write the four demo sets under `out`; returns {set: {'train': spec, 'validation': spec}} (task specs)."""
+  """Write the demo sets (SETS) under `out`; returns {set: {'train': spec, 'validation': spec}} (task specs)."""
   os.makedirs(out, exist_ok=True)
   rng = np.random.default_rng(seed)
   paths = {}
-  for name, make, kind in (('sentiment', sentiment, 'tsv'), ('names', names, 'jsonl'), ('qa', qa, 'jsonl'),
-                           ('sft', sft, 'jsonl')):
+  for name, (make, kind) in SETS.items():
     paths[name] = {}
     for split, n in (('train', n_train), ('validation', n_validation)):
       path = os.path.join(out, f'{name}_{split}.{kind}')

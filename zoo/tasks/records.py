@@ -2,7 +2,7 @@
 
 Specs (the config's task.train / task.validation):
   tsv:<path>   csv:<path>   jsonl:<path>   tfds:<name>[:<split>]   (e.g. tfds:glue/sst2:validation)
-  demo:<set>[:<split>]   zoo's small offline sets (zoo.tasks.demo: sentiment, names, qa, sft)
+  demo:<set>[:<split>]   zoo's small offline sets (zoo.tasks.demo: sentiment, names, qa, sft, translation)
 
 Each example is a dict keyed by column / feature name. Text comes back as str; TFDS class labels come back as
 their names (ClassLabel), so a task sees the same values from TFDS as from a file.
@@ -55,7 +55,7 @@ def read_records(spec: str, *, field: str = 'task.train', data_dir: str | None =
   if kind == 'demo':
     from zoo.tasks import demo
     name, _, split = rest.partition(':')
-    makers = {'sentiment': demo.sentiment, 'names': demo.names, 'qa': demo.qa, 'sft': demo.sft}
+    makers = {set_name: make for set_name, (make, _) in demo.SETS.items()}
     if name not in makers:
       raise ValueError(f'{field}={spec!r}: the demo sets are {sorted(makers)}')
     split = split or default_split
