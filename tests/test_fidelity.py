@@ -572,3 +572,26 @@ def test_glm_packed_documents_are_separate_examples():
   changed = logits(other)
   np.testing.assert_allclose(both[one], changed[one], atol=1e-5)
   assert not np.allclose(both[doc == 2], changed[doc == 2], atol=1e-3)
+
+
+def test_rnn_seq2seq_decoder_starts_from_the_encoders_final_states():
+  """Issue 13 (Bahdanau et al. 2015: s0 = tanh(W h_1)): each decoder layer's first state is tanh of a projection
+  of the encoder's final states, the memory at the source's first position (the backward direction's last step)
+  and at its last real one (the forward direction's); the LSTM's cell starts at 0. A source that differs only in
+  its last real token changes the decoder's first state."""
+  from zoo.models import rnn
+  model = rnn.RnnSeq2Seq(**{**rnn.SEQ2SEQ_SIZES['tiny'], 'num_layers': 2, 'dropout_rate': 0.0})
+  src = jnp.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
+  dec = jnp.array([[2, 5, 6], [2, 9, 10]])
+  params = nn.unbox(model.init(jax.random.key(0), src, dec)['params'])
+  memory = model.apply({'params': params}, src, method='encode')
+  carries = model.apply({'params': params}, memory, src != 0, method='start_carries')
+  final = np.concatenate([np.asarray(memory[:, 0]), np.asarray(memory)[[0, 1], [3, 5]]], -1)
+  for i, (c, h) in enumerate(carries):
+    p = params[f'bridge_{i}']
+    np.testing.assert_allclose(h, np.tanh(final @ np.asarray(p['kernel']) + np.asarray(p['bias'])), atol=1e-5)
+    np.testing.assert_array_equal(c, 0.0)
+  other = src.at[0, 3].set(20)  # the last real token of row 0
+  moved = model.apply({'params': params}, model.apply({'params': params}, other, method='encode'), other != 0,
+                      method='start_carries')
+  assert not np.allclose(moved[0][1][0], carries[0][1][0]) and np.allclose(moved[0][1][1], carries[0][1][1])

@@ -1,5 +1,5 @@
-"""The optimizer: optax AdamW (or Adafactor, T5's) with warm-up and cosine / linear / inverse-square-root decay,
-weight decay masked off biases and norm scales, and clipping by global norm.
+"""The optimizer: optax AdamW (or Adafactor, T5's; or SGD, the RNN papers') with warm-up and cosine / linear /
+inverse-square-root decay, weight decay masked off biases and norm scales, and clipping by global norm.
 
 >>> from zoo.config import base_config
 >>> tx, schedule = make_optimizer(base_config().optimizer, total_steps=1000)
@@ -80,8 +80,15 @@ def make_optimizer(cfg, total_steps: int, frozen=None) -> tuple[optax.GradientTr
     # eps are Adam's and do not apply.
     parts.append(optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
                                  weight_decay_mask=mask if cfg.weight_decay else None))
+  elif name == 'sgd':
+    # the RNN papers' (Zaremba et al. 2014, Luong et al. 2015): plain SGD at learning rate ~1 with gradients
+    # clipped to norm 5. Adam's normalised steps drive a Luong decoder's tanh layer to saturation on small data
+    # (tests/test_finetune: the copy task). weight_decay (coupled, as L2) where set; b1, b2, eps do not apply.
+    if cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
+    parts.append(optax.sgd(schedule))
   else:
-    raise ValueError(f"optimizer.name={name!r}: use 'adamw' or 'adafactor'")
+    raise ValueError(f"optimizer.name={name!r}: use 'adamw', 'adafactor' or 'sgd'")
   tx = optax.chain(*parts)
   if frozen is not None:
     labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)

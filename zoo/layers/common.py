@@ -101,10 +101,11 @@ class OutputHead(nn.Module):
   axes: tuple = ('embed', 'vocab')
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
 
   @nn.compact
   def __call__(self, x, logits: bool = True):
-    kernel = self.param('kernel', nn.with_logical_partitioning(default_kernel_init, tuple(self.axes)),
+    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, tuple(self.axes)),
                         (x.shape[-1], self.features), jnp.float32)
     bias = None
     if self.use_bias:

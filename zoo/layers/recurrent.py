@@ -95,7 +95,8 @@ class StackedRNN(nn.Module):
   concatenated), with dropout between layers.
 
   With decode=True the carries live in the 'cache' collection, so a model can be stepped token by token with
-  the same interface as the transformers' KV cache. Returns (outputs [B, T, H or 2H], final carries).
+  the same interface as the transformers' KV cache; `initial_carries` (one per layer, e.g. an encoder-decoder's
+  bridge from the encoder) then apply to the first step only. Returns (outputs [B, T, H or 2H], final carries).
   """
   cell: str
   features: int
@@ -122,14 +123,17 @@ class StackedRNN(nn.Module):
       else:
         layer = nn.RNN(make_cell(self.cell, self.features, self.dtype, name=f'layer_{i}'), return_carry=True)
         init = None if initial_carries is None else initial_carries[i]
-        if decode:
+        if decode:  # the carry lives in the cache; the first step starts from initial_carries (if given)
           zero = jnp.zeros((x.shape[0], self.features), self.dtype)
           zero = (zero, zero) if self.cell == 'lstm' else zero
           first = not self.has_variable('cache', f'carry_{i}')
           cached = self.variable('cache', f'carry_{i}', lambda z=zero: z)
-          init = cached.value
+          started = self.variable('cache', f'started_{i}', lambda: jnp.zeros((), bool))
+          init = cached.value if init is None else jax.tree.map(
+              lambda c, s: jnp.where(started.value, c, s.astype(c.dtype)), cached.value, init)
         carry, x = layer(x, initial_carry=init, seq_lengths=seq_lengths)
         if decode and not first:
           cached.value = carry
+          started.value = jnp.ones((), bool)
       carries.append(carry)
     return x, carries
