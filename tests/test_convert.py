@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo import convert, models
+from zoo import convert, decoding, models
 
 pytest.importorskip('safetensors')  # zoo.convert reads and writes safetensors
 
@@ -399,8 +399,19 @@ def test_bart_import_and_export_match_transformers(tmp_path):
 
   model, params, family, fields = convert.load_hf(str(hf_dir))
   assert family == 'bart' and fields['tie_embeddings'] and not fields['pre_ln'] and fields['max_len'] == 24
-  assert params['encoder']['position_embed']['embedding']['embedding'].shape == (24, 32)
+  assert params['encoder']['position_embed']['embedding']['embedding'].shape == (24, 32) and model.pad_id == 1
   _check('bart import', _zoo_bart(model, params), ref)
+  # greedy decoding as transformers generates: <s> (id 0) is text, <pad> (id 1) is masked, </s> starts and ends
+  src, mask, _ = _bart_inputs(model.vocab_size)
+  with torch.no_grad():
+    want = hf.generate(input_ids=torch.tensor(src), attention_mask=torch.tensor(mask), max_new_tokens=6,
+                       num_beams=1, do_sample=False, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1,
+                       forced_bos_token_id=None, forced_eos_token_id=None, no_repeat_ngram_size=0,
+                       min_length=0).numpy()[:, 1:]  # after the start token
+  got = np.asarray(decoding.greedy_seq2seq(model, params, jnp.asarray(src), 6, start_id=2, eos_id=2))
+  for g, w in zip(got, want):
+    w = list(w[:list(w).index(2) + 1]) if 2 in w else list(w)  # up to and with </s>; HF pads after it
+    assert list(g[:len(w)]) == w, (got, want)
 
   out_dir = convert.export_hf(model, params, 'bart', str(tmp_path / 'export'))
   back, info = transformers.BartForConditionalGeneration.from_pretrained(out_dir, output_loading_info=True)

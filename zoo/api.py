@@ -253,7 +253,7 @@ def generate_ids(loaded: Loaded, prompts: str | Sequence[str], *, max_new: int =
     if tok.eos_id is not None:
       encoded = [x if x and x[-1] == tok.eos_id else x + [tok.eos_id] for x in encoded]
     start = tok.decoder_start_id if tok.decoder_start_id is not None else (tok.pad_id or 0)
-    src = np.zeros((len(encoded), max(map(len, encoded))), np.int32)  # zoo's encoders mask id 0 (T5's pad)
+    src = np.full((len(encoded), max(map(len, encoded))), getattr(model, 'pad_id', 0), np.int32)  # masked
     for i, x in enumerate(encoded):
       src[i, :len(x)] = x
     if num_beams > 1:

@@ -101,7 +101,7 @@ def sample_seq2seq(model, params, tokens, rng, max_len: int, temperature: float 
   T5's span corruption.
   """
   b = tokens.shape[0]
-  source = (tokens != 0).astype(jnp.int32)
+  source = (tokens != getattr(model, 'pad_id', 0)).astype(jnp.int32)
   encoded = model.apply({'params': params}, tokens, method='encode')
   cache = model.init(jax.random.key(0), tokens, jnp.zeros((b, max_len), jnp.int32), decode=True)['cache']
 
@@ -157,7 +157,7 @@ def beam_search(model, params, tokens, max_len: int, num_beams: int = 4, alpha: 
   masked before the log-softmax: the scores are log-probabilities over the ids the tokenizer can decode.
   """
   b, k = tokens.shape[0], num_beams
-  source = jnp.repeat((tokens != 0).astype(jnp.int32), k, axis=0)
+  source = jnp.repeat((tokens != getattr(model, 'pad_id', 0)).astype(jnp.int32), k, axis=0)
   encoded = jnp.repeat(model.apply({'params': params}, tokens, method='encode'), k, axis=0)
   cache = model.init(jax.random.key(0), tokens[:1].repeat(b * k, 0), jnp.zeros((b * k, max_len), jnp.int32),
                      decode=True)['cache']

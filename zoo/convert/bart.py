@@ -46,7 +46,7 @@ def config_to_fields(config: dict, weights: dict) -> dict:
               activation=common.activation(config, 'activation_function'), position='learned', norm='layernorm',
               norm_eps=1e-5, pre_ln=False, use_bias=True, attention_scale=None, embedding_norm=True,
               mesh_tf_init=False, tie_embeddings=tied, scale_tied_logits=False,
-              dropout_rate=common.get(config, 'dropout', default=0.1))
+              dropout_rate=common.get(config, 'dropout', default=0.1), pad_id=config.get('pad_token_id', 1))
 
 
 def fields_to_config(f: dict) -> dict:
@@ -71,7 +71,7 @@ def fields_to_config(f: dict) -> dict:
               activation_function=common.ZOO_ACT[act], dropout=f['dropout_rate'],
               attention_dropout=f['dropout_rate'], activation_dropout=f['dropout_rate'], encoder_layerdrop=0.0,
               decoder_layerdrop=0.0, init_std=0.02, scale_embedding=False, is_encoder_decoder=True,
-              pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+              pad_token_id=f.get('pad_id', 1), bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
               tie_word_embeddings=bool(f['tie_embeddings']), use_cache=True)
 
 

@@ -156,7 +156,7 @@ class _Stack(nn.Module):
 
 class EncoderDecoder(nn.Module):
   """Call: (tokens [B, S], decoder_tokens [B, T] (targets shifted right), segment_ids [B, S] (default
-  tokens != 0), decoder_segment_ids [B, T], positions, decoder_positions, deterministic) -> logits
+  tokens != pad_id), decoder_segment_ids [B, T], positions, decoder_positions, deterministic) -> logits
   [B, T, V] float32. Defaults are T5.1.0's; `BART_SIZES` and `TRANSFORMER_SIZES` switch every field BART and
   the Transformer need."""
   vocab_size: int = 32128
@@ -193,6 +193,7 @@ class EncoderDecoder(nn.Module):
   remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
   attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
+  pad_id: int = 0  # the source's padding id: 0 in zoo's vocabularies, 1 in a BART imported from HuggingFace
 
   def setup(self):
     self.token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
@@ -211,7 +212,9 @@ class EncoderDecoder(nn.Module):
       self.lm_head = common.OutputHead(self.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=self.dtype)
 
   def encode(self, tokens, segment_ids=None, positions=None, deterministic: bool = True):
-    """tokens [B, S] -> encoded [B, S, D]."""
+    """tokens [B, S] -> encoded [B, S, D] (segment_ids default: tokens != pad_id)."""
+    if segment_ids is None:
+      segment_ids = (tokens != self.pad_id).astype(jnp.int32)
     return self.encoder(tokens, segment_ids, positions, None, None, deterministic, False)
 
   def decode(self, decoder_tokens, encoded, encoder_segment_ids, decoder_segment_ids=None,
@@ -228,7 +231,7 @@ class EncoderDecoder(nn.Module):
   def __call__(self, tokens, decoder_tokens, segment_ids=None, decoder_segment_ids=None, positions=None,
                decoder_positions=None, deterministic: bool = True, decode: bool = False, logits: bool = True):
     if segment_ids is None:
-      segment_ids = (tokens != 0).astype(jnp.int32)
+      segment_ids = (tokens != self.pad_id).astype(jnp.int32)
     encoded = self.encode(tokens, segment_ids, positions, deterministic)
     return self.decode(decoder_tokens, encoded, segment_ids, decoder_segment_ids, decoder_positions,
                        deterministic, decode, logits)
