@@ -123,12 +123,12 @@ def _kernel_stds(params):
           if getattr(path[-1], 'key', '') in ('kernel', 'embedding')}
 
 
-def test_gpt_residual_mlp_projection_is_scaled_by_depth():
+def test_gpt_residual_projections_are_scaled_by_depth():
   layers = 8
   model = models.get_model('gpt', 'tiny', num_layers=layers)
   stds = _kernel_stds(model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params'])
-  wo = [v for k, v in stds.items() if k.endswith('mlp/wo/kernel')]
-  assert len(wo) == layers
+  wo = [v for k, v in stds.items() if k.endswith(('mlp/wo/kernel', 'out/kernel'))]  # the MLP's and attention's
+  assert len(wo) == 2 * layers
   np.testing.assert_allclose(wo, 0.02 / np.sqrt(2 * layers), rtol=0.05)  # 0.005 (GPT-2, section 2.3)
   others = [v for k, v in stds.items() if k.endswith(('query/kernel', 'key/kernel', 'value/kernel', 'wi/kernel',
                                                       'token_embed/embedding'))]

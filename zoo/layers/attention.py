@@ -99,6 +99,7 @@ class MultiHeadAttention(nn.Module):
   rope_base: float = 10_000.0
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
+  out_init: common.Initializer | None = None  # the output projection's (None: kernel_init; GPT-2 scales it)
   adapters: adapters_lib.Adapters | None = None  # LoRA on the projections; prefix keys/values (self-attention)
   implementation: str = 'xla'  # zoo.layers.kernels: auto, xla, cudnn, splash, pallas
 
@@ -146,7 +147,7 @@ class MultiHeadAttention(nn.Module):
                                 implementation=self.implementation)  # [B, T, N, H]
     out = out.reshape(b, t, n * h)
     y = common.dense(d, ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
-                     kernel_init=self.kernel_init, name='out')(out)
+                     kernel_init=self.out_init or self.kernel_init, name='out')(out)
     return y + adapters_lib.lora(self, self.adapters, 'out', out, d, ('heads', 'embed'), deterministic)
 
   def _update_cache(self, k, v, mask):

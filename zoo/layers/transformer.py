@@ -79,8 +79,8 @@ class TransformerBlock(nn.Module):
   scanned: bool = False  # return (x, None) for nn.scan
   attention: str = 'xla'  # the attention implementation (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
-  # GPT-2's 1/sqrt(2 num_layers): the projections that write into the residual stream start this much smaller
-  # (the MLP's wo here; the attention output needs zoo.layers.attention to take its own init).
+  # GPT-2's 1/sqrt(2 num_layers): the projections that write into the residual stream (the attention's output
+  # projection and the MLP's wo) start this much smaller
   residual_init_scale: float = 1.0
   mlp_wi_init: common.Initializer | None = None  # None: kernel_init (T5: Mesh TF's normal(d_model^-0.5))
   mlp_wo_init: common.Initializer | None = None  # None: kernel_init scaled by residual_init_scale
@@ -91,7 +91,8 @@ class TransformerBlock(nn.Module):
     attention = functools.partial(
         MultiHeadAttention, self.num_heads, self.head_dim, use_bias=self.use_bias,
         dropout_rate=self.dropout_rate, scale=self.attention_scale, dtype=self.dtype,
-        kernel_init=self.kernel_init, adapters=self.adapters, implementation=self.attention)
+        kernel_init=self.kernel_init, adapters=self.adapters, implementation=self.attention,
+        out_init=None if self.residual_init_scale == 1.0 else scaled_init(self.kernel_init, self.residual_init_scale))
 
     def sublayer(name, fn, x):
       norm = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name=f'{name}_norm')
