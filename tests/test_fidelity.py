@@ -200,7 +200,7 @@ def test_adafactor_is_optax_adafactor_and_t5_uses_it():
   assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.decay) == ('adafactor', 1e-2, 'rsqrt')
   check(c)
   assert t5_config.get_config('tiny').optimizer.name == 'adamw'
-  c.optimizer.name = 'sgd'
+  c.optimizer.name = 'lamb'
   with pytest.raises(ValueError, match='optimizer.name'):
     check(c)
 
@@ -595,3 +595,16 @@ def test_rnn_seq2seq_decoder_starts_from_the_encoders_final_states():
   moved = model.apply({'params': params}, model.apply({'params': params}, other, method='encode'), other != 0,
                       method='start_carries')
   assert not np.allclose(moved[0][1][0], carries[0][1][0]) and np.allclose(moved[0][1][1], carries[0][1][1])
+
+
+def test_sgd_is_optax_sgd_after_clipping():
+  """optimizer.name='sgd' (the RNN papers'): clip to the global norm, then plain SGD at the schedule's rate."""
+  c = base_config()
+  c.optimizer.update(name='sgd', learning_rate=1.0, clip_norm=5.0, weight_decay=0.0, warmup_steps=0,
+                     decay='constant')
+  check(c)
+  tx, _ = optim.make_optimizer(c.optimizer, 10)
+  params = {'w': jnp.ones((3,))}
+  grads = {'w': jnp.array([30.0, 40.0, 0.0])}  # norm 50: clipped to 5
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], [-3.0, -4.0, 0.0], rtol=1e-6)
