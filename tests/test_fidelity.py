@@ -136,19 +136,33 @@ def test_gpt_residual_projections_are_scaled_by_depth():
   np.testing.assert_allclose(others, 0.02, rtol=0.05)
 
 
-def test_t5_mesh_tf_initialization_of_the_mlp():
+def test_t5_mesh_tf_initialization():
+  """transformers' T5PreTrainedModel._init_weights (Mesh TensorFlow): MLP wi N(0, d^-0.5), wo N(0, d_ff^-0.5);
+  attention q N(0, (d d_kv)^-0.5), k and v N(0, d^-0.5), o N(0, (heads d_kv)^-0.5); relative bias N(0, d^-0.5).
+  BART keeps normal(0.02)."""
   size = models.FAMILIES['t5'].sizes['tiny']
-  d, ff = size['embed_dim'], size['mlp_dim']  # 64, 128
-  model = models.get_model('t5', 'tiny')
+  d, ff, heads, d_kv = size['embed_dim'], size['mlp_dim'], size['num_heads'], size['head_dim']  # 64, 128, 4, 16
+  model = models.get_model('t5', 'tiny', num_encoder_layers=4, num_decoder_layers=4, mlp_dim=4 * ff)
   src = jnp.ones((1, 8), jnp.int32)
   stds = _kernel_stds(model.init(jax.random.key(0), src, src)['params'])
-  wi = [v for k, v in stds.items() if k.endswith('mlp/wi/kernel')]
-  wo = [v for k, v in stds.items() if k.endswith('mlp/wo/kernel')]
-  assert len(wi) == len(wo) == 4  # 2 encoder + 2 decoder blocks
-  np.testing.assert_allclose(wi, d ** -0.5, rtol=0.05)  # 0.125
-  np.testing.assert_allclose(wo, ff ** -0.5, rtol=0.05)  # 0.0884
+  want = {'mlp/wi/kernel': d ** -0.5, 'mlp/wo/kernel': (4 * ff) ** -0.5, 'query/kernel': (d * d_kv) ** -0.5,
+          'key/kernel': d ** -0.5, 'value/kernel': d ** -0.5, 'out/kernel': (heads * d_kv) ** -0.5}
+  for suffix, std in want.items():
+    got = [v for k, v in stds.items() if k.endswith(suffix)]
+    n = 8 if suffix.startswith('mlp') else 12  # 4 + 4 blocks; self-attention in 8, cross-attention in 4
+    assert len(got) == n, suffix
+    np.testing.assert_allclose(np.mean(got), std, rtol=0.05, err_msg=suffix)
+  rel = [v for k, v in _param_stds(model, src).items() if k.endswith('rel_embedding')]
+  assert len(rel) == 2
+  np.testing.assert_allclose(rel, d ** -0.5, rtol=0.3)  # 32 x 4 values each: a loose tolerance
   bart = _kernel_stds(models.get_model('bart', 'tiny').init(jax.random.key(0), src, src)['params'])
-  np.testing.assert_allclose([v for k, v in bart.items() if 'mlp/w' in k or 'embed' in k], 0.02, rtol=0.1)
+  np.testing.assert_allclose([v for k, v in bart.items() if 'mlp/w' in k or 'embed' in k or 'query' in k], 0.02,
+                             rtol=0.1)
+
+
+def _param_stds(model, src):
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(model.init(jax.random.key(0), src, src)['params']))[0]
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): float(np.std(v)) for path, v in flat}
 
 
 class _LoraOnly(nn.Module):

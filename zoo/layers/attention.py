@@ -100,6 +100,8 @@ class MultiHeadAttention(nn.Module):
   dtype: common.Dtype = jnp.float32
   kernel_init: common.Initializer = common.default_kernel_init
   out_init: common.Initializer | None = None  # the output projection's (None: kernel_init; GPT-2 scales it)
+  query_init: common.Initializer | None = None  # None: kernel_init (T5: Mesh TF's per-projection inits)
+  kv_init: common.Initializer | None = None  # the key and value projections' (None: kernel_init)
   adapters: adapters_lib.Adapters | None = None  # LoRA on the projections; prefix keys/values (self-attention)
   implementation: str = 'xla'  # zoo.layers.kernels: auto, xla, cudnn, splash, pallas
 
@@ -112,8 +114,9 @@ class MultiHeadAttention(nn.Module):
     n, h = self.num_heads, self.head_dim
 
     def proj(name, inputs):
+      init = self.query_init if name == 'query' else self.kv_init
       y = common.dense(n * h, ('embed', 'heads'), use_bias=self.use_bias, dtype=self.dtype,
-                       kernel_init=self.kernel_init, name=name)(inputs)
+                       kernel_init=init or self.kernel_init, name=name)(inputs)
       y = y + adapters_lib.lora(self, self.adapters, name, inputs, n * h, ('embed', 'heads'), deterministic)
       return y.reshape(b, inputs.shape[1], n, h)
     source = x if kv is None else kv

@@ -84,6 +84,14 @@ class TransformerBlock(nn.Module):
   residual_init_scale: float = 1.0
   mlp_wi_init: common.Initializer | None = None  # None: kernel_init (T5: Mesh TF's normal(d_model^-0.5))
   mlp_wo_init: common.Initializer | None = None  # None: kernel_init scaled by residual_init_scale
+  # the attention's projections (None: kernel_init; the output's scaled by residual_init_scale). T5: Mesh TF's
+  attention_inits: tuple | None = None  # (query, key and value, output) initializers
+
+  def _attention_inits(self) -> dict:
+    if self.attention_inits:
+      return dict(zip(('query_init', 'kv_init', 'out_init'), self.attention_inits))
+    return {'out_init': None if self.residual_init_scale == 1.0 else scaled_init(self.kernel_init,
+                                                                                 self.residual_init_scale)}
 
   @nn.compact
   def __call__(self, x, mask=None, bias=None, positions=None, encoded=None, cross_mask=None,
@@ -92,7 +100,7 @@ class TransformerBlock(nn.Module):
         MultiHeadAttention, self.num_heads, self.head_dim, use_bias=self.use_bias,
         dropout_rate=self.dropout_rate, scale=self.attention_scale, dtype=self.dtype,
         kernel_init=self.kernel_init, adapters=self.adapters, implementation=self.attention,
-        out_init=None if self.residual_init_scale == 1.0 else scaled_init(self.kernel_init, self.residual_init_scale))
+        **self._attention_inits())
 
     def sublayer(name, fn, x):
       norm = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name=f'{name}_norm')

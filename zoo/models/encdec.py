@@ -65,12 +65,15 @@ TRANSFORMER_SIZES = {
 TRANSFORMER_PUBLISHED_PARAMS = {'base': 65_000_000, 'big': 213_000_000}
 
 
-def _mesh_tf_mlp_init(d_model: int, d_ff: int, on: bool) -> dict:
-  """T5's MLP initialisation (Mesh TensorFlow; transformers' T5PreTrainedModel._init_weights): wi (wi_0, wi_1)
-  ~ N(0, d_model^-0.5), wo ~ N(0, d_ff^-0.5); {} (zoo's normal(0.02)) when off."""
+def _mesh_tf_init(d_model: int, d_ff: int, heads: int, d_kv: int, on: bool) -> dict:
+  """T5's initialisation (Mesh TensorFlow; transformers' T5PreTrainedModel._init_weights), as TransformerBlock
+  fields: MLP wi (wi_0, wi_1) ~ N(0, d_model^-0.5), wo ~ N(0, d_ff^-0.5); attention q ~ N(0, (d_model d_kv)^-0.5),
+  k and v ~ N(0, d_model^-0.5), o ~ N(0, (heads d_kv)^-0.5). {} (zoo's normal(0.02)) when off."""
   if not on:
     return {}
-  return dict(mlp_wi_init=nn.initializers.normal(d_model ** -0.5), mlp_wo_init=nn.initializers.normal(d_ff ** -0.5))
+  n = nn.initializers.normal
+  return dict(mlp_wi_init=n(d_model ** -0.5), mlp_wo_init=n(d_ff ** -0.5),
+              attention_inits=(n((d_model * d_kv) ** -0.5), n(d_model ** -0.5), n((heads * d_kv) ** -0.5)))
 
 
 class _Stack(nn.Module):
@@ -127,7 +130,9 @@ class _Stack(nn.Module):
           positions)
     elif self.position == 'relative':
       bias = position.RelativePositionBias(self.num_heads, self.relative_buckets, self.relative_max_distance,
-                                           bidirectional=not self.causal, name='relative_bias')(
+                                           bidirectional=not self.causal, name='relative_bias',
+                                           **({'init': nn.initializers.normal(self.embed_dim ** -0.5)}
+                                              if self.mesh_tf_init else {}))(
                                                positions, k_positions)
     else:
       raise ValueError(f"model.position must be 'relative', 'learned' or 'sinusoidal', got {self.position!r}")
@@ -146,7 +151,7 @@ class _Stack(nn.Module):
         activation=self.activation, norm=self.norm, norm_eps=self.norm_eps, pre_ln=self.pre_ln,
         use_bias=self.use_bias, cross_attention=self.causal, dropout_rate=self.dropout_rate,
         attention_scale=self.attention_scale, dtype=self.dtype, adapters=self.adapters, attention=self.attention,
-        **_mesh_tf_mlp_init(self.embed_dim, self.mlp_dim, self.mesh_tf_init))
+        **_mesh_tf_init(self.embed_dim, self.mlp_dim, self.num_heads, self.head_dim, self.mesh_tf_init))
     x = transformer.stack_layers(block, self.num_layers, x, mask, bias, None, encoded, cross_mask,
                                  deterministic, decode, scan=self.scan_layers, remat=self.remat)
     if self.pre_ln:
@@ -180,10 +185,10 @@ class EncoderDecoder(nn.Module):
   # The Transformer's token embeddings times sqrt(embed_dim), in both stacks. The table keeps zoo's normal(0.02),
   # not tensor2tensor's N(0, d^-0.5): with tied, unscaled logits that would start ~0.5 nats above chance.
   embed_scale: bool = False
-  # T5's initialisation (Mesh TF): MLP wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5). Not yet the token embeddings'
-  # N(0, 1) (step 0 would start ~0.7 nats above chance: tests/test_train's chance check), nor the attention's
-  # q (d_model d_kv)^-0.5, k/v d_model^-0.5, o (heads d_kv)^-0.5 or the relative bias d_model^-0.5: those need
-  # zoo.layers.attention / position to take per-projection inits (normal(0.02) now).
+  # T5's initialisation (Mesh TF, `_mesh_tf_init`): MLP wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5); attention
+  # q N(0, (d_model d_kv)^-0.5), k/v N(0, d_model^-0.5), o N(0, (heads d_kv)^-0.5); relative bias
+  # N(0, d_model^-0.5). The token embeddings keep zoo's normal(0.02), not Mesh TF's N(0, 1): with the tied head's
+  # d^-0.5 scaling, N(0, 1) starts training ~0.5 nats above chance (logits of std 1).
   mesh_tf_init: bool = True
   tie_embeddings: bool = True
   scale_tied_logits: bool = True  # T5: logits = (x * d^-0.5) E^T
