@@ -138,8 +138,8 @@ def test_gpt_residual_projections_are_scaled_by_depth():
 
 def test_t5_mesh_tf_initialization():
   """transformers' T5PreTrainedModel._init_weights (Mesh TensorFlow): MLP wi N(0, d^-0.5), wo N(0, d_ff^-0.5);
-  attention q N(0, (d d_kv)^-0.5), k and v N(0, d^-0.5), o N(0, (heads d_kv)^-0.5); relative bias N(0, d^-0.5).
-  BART keeps normal(0.02)."""
+  attention q N(0, (d d_kv)^-0.5), k and v N(0, d^-0.5), o N(0, (heads d_kv)^-0.5); relative bias N(0, d^-0.5);
+  token embeddings N(0, 1). BART keeps normal(0.02)."""
   size = models.FAMILIES['t5'].sizes['tiny']
   d, ff, heads, d_kv = size['embed_dim'], size['mlp_dim'], size['num_heads'], size['head_dim']  # 64, 128, 4, 16
   model = models.get_model('t5', 'tiny', num_encoder_layers=4, num_decoder_layers=4, mlp_dim=4 * ff)
@@ -152,6 +152,7 @@ def test_t5_mesh_tf_initialization():
     n = 8 if suffix.startswith('mlp') else 12  # 4 + 4 blocks; self-attention in 8, cross-attention in 4
     assert len(got) == n, suffix
     np.testing.assert_allclose(np.mean(got), std, rtol=0.05, err_msg=suffix)
+  np.testing.assert_allclose(stds['token_embed/embedding'], 1.0, rtol=0.05)  # Mesh TF's N(0, 1)
   rel = [v for k, v in _param_stds(model, src).items() if k.endswith('rel_embedding')]
   assert len(rel) == 2
   np.testing.assert_allclose(rel, d ** -0.5, rtol=0.3)  # 32 x 4 values each: a loose tolerance

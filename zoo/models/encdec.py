@@ -201,7 +201,8 @@ class EncoderDecoder(nn.Module):
   pad_id: int = 0  # the source's padding id: 0 in zoo's vocabularies, 1 in a BART imported from HuggingFace
 
   def setup(self):
-    self.token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
+    init = nn.initializers.normal(1.0) if self.mesh_tf_init else common.default_embed_init
+    self.token_embed = common.embed(self.vocab_size, self.embed_dim, dtype=self.dtype, init=init)
     stack = functools.partial(
         _Stack, token_embed=self.token_embed, embed_dim=self.embed_dim, num_heads=self.num_heads,
         head_dim=self.head_dim, mlp_dim=self.mlp_dim, activation=self.activation, norm=self.norm,
