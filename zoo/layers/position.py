@@ -86,13 +86,13 @@ class RelativePositionBias(nn.Module):
   num_buckets: int = 32
   max_distance: int = 128
   bidirectional: bool = True
-  init: common.Initializer = common.default_embed_init  # T5 (Mesh TF): normal(d_model^-0.5)
+  table_init: common.Initializer = common.default_embed_init  # T5 (Mesh TF): normal(d_model^-0.5)
 
   @nn.compact
   def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
     """q_positions [T] or [B, T], k_positions [S] or [B, S] -> bias [1 or B, num_heads, T, S] (float32)."""
     table = self.param('rel_embedding',
-                       nn.with_logical_partitioning(self.init, ('relpos_buckets', 'heads')),
+                       nn.with_logical_partitioning(self.table_init, ('relpos_buckets', 'heads')),
                        (self.num_buckets, self.num_heads), jnp.float32)
     q = jnp.atleast_2d(q_positions).astype(jnp.int32)
     k = jnp.atleast_2d(k_positions).astype(jnp.int32)

@@ -131,7 +131,7 @@ class _Stack(nn.Module):
     elif self.position == 'relative':
       bias = position.RelativePositionBias(self.num_heads, self.relative_buckets, self.relative_max_distance,
                                            bidirectional=not self.causal, name='relative_bias',
-                                           **({'init': nn.initializers.normal(self.embed_dim ** -0.5)}
+                                           **({'table_init': nn.initializers.normal(self.embed_dim ** -0.5)}
                                               if self.mesh_tf_init else {}))(
                                                positions, k_positions)
     else:
