@@ -83,7 +83,7 @@ def test_adapters_train_only_themselves(tmp_path, kind):
   """SFT of a GPT whose base is frozen: only the adapters train (no head), so a falling loss is their doing."""
   workdir = str(tmp_path / kind)
   # prefix keys/values act through the attention's output projection, which starts at GPT-2's 0.02 / sqrt(2 layers)
-  cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40 if kind == 'lora' else 60, 'train.seq_len': 24,
+  cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40 if kind == 'lora' else 80, 'train.seq_len': 24,
                                                'data.vocab_size': 1000,
                                                'mesh.devices': 2})
   config_lib.set_model(cfg, 'gpt', 'tiny')
