@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import api, decoding, sample
+from zoo import api, decoding, generation, sample
 from zoo.data import tokenizer as tk
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_a_continuation_keeps_its_space(tokenizer_path):
     assert ids[:len(head)] == head and tok.decode(head) == prompt
     new = ids[len(head):]
     assert tok.decode(new) == want.lstrip()  # decoded alone, SentencePiece drops the word's space
-    assert api._text(tok, new + [tk.EOS, 300], tk.EOS, prompt, head) == want
+    assert generation.new_text(tok, new + [tk.EOS, 300], tk.EOS, prompt, head) == want
     assert prompt + want == tok.decode(ids)
 
 

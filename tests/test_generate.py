@@ -185,3 +185,106 @@ def test_glm_fills_a_blank_like_full_forward_passes():
   for t in range(7, 12):
     seq = seq.at[:, t].set(jnp.argmax(forward(seq)[:, t - 1], -1).astype(jnp.int32))
   np.testing.assert_array_equal(got, np.asarray(seq[:, 7:]))
+
+
+def _penalized_reference(logits, seen_ids, penalty):
+  """CTRL's repetition penalty in numpy, as transformers' RepetitionPenaltyLogitsProcessor applies it."""
+  out = np.array(logits, np.float64)
+  for i in set(int(t) for t in seen_ids):
+    out[i] = out[i] / penalty if out[i] > 0 else out[i] * penalty
+  return out
+
+
+def test_prompts_of_mixed_lengths_decode_as_each_alone_with_bounded_compilations():
+  """Prompts padded to length buckets (the rest of each prompt fed through the cached step) give what each prompt
+  gives alone, and 20 prompts of 20 lengths compile the decoder at most 4 times (buckets 16, 32, 64)."""
+  model = models.get_model('gpt', 'tiny', dropout_rate=0.0)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(20, 512, n)) for n in range(3, 60, 3)] + [[7]]  # 20 lengths, 1..57
+  before = decoding.sample_lm._cache_size()
+  got = {}
+  for rows, tokens, lengths, prefill in decoding.lm_batches(prompts, 5, model.max_len):
+    out = np.asarray(decoding.sample_lm(model, params, jnp.asarray(tokens), jax.random.key(0), 5, 0.0, eos_id=-1,
+                                        lengths=jnp.asarray(lengths), prefill=prefill))
+    got.update(zip(rows, out))
+  assert decoding.sample_lm._cache_size() - before <= 4  # one compilation per bucket, not per length
+  for i in (0, 4, 6, 12, 19):  # each bucket's rows equal their prompt decoded alone, at its exact length
+    alone = decoding.sample_lm(model, params, jnp.asarray([prompts[i]], jnp.int32), jax.random.key(0), 5, 0.0,
+                               eos_id=-1)
+    np.testing.assert_array_equal(got[i], np.asarray(alone)[0], err_msg=f'prompt {i} ({len(prompts[i])} tokens)')
+
+
+def test_generate_compiles_at_most_four_times_for_twenty_prompt_lengths(tokenizer_path):
+  """zoo.generate on a stream of 20 prompts of 20 different lengths, one call each."""
+  import ml_collections
+  from zoo import api
+  from zoo.data import tokenizer as tk
+  tok = tk.Tokenizer.load(tokenizer_path)
+  model = models.get_model('gpt', 'tiny', dropout_rate=0.0, vocab_size=tok.vocab_size)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  loaded = api.Loaded(model=model, params=params, tokenizer=tok, step=0, run=None,
+                      config=ml_collections.ConfigDict({'model': {'family': 'gpt'}}))
+  words = 'the quick brown fox jumps over a lazy dog while zoo models speak of many things'.split()
+  prompts = [' '.join(words[:n % len(words) + 1] + words[:n // len(words)]) for n in range(20)]
+  lengths = {len(tok.encode(p)) for p in prompts}
+  assert len(lengths) == 20
+  before = decoding.sample_lm._cache_size()
+  texts = [zoo_generate(loaded, p) for p in prompts]
+  assert decoding.sample_lm._cache_size() - before <= 4, sorted(lengths)
+  assert all(isinstance(t, str) for t in texts) and any(texts)
+
+
+def zoo_generate(loaded, prompt):
+  from zoo import generation
+  return generation.generate(loaded, [prompt], max_new=4)[0]
+
+
+def test_repetition_penalty_as_transformers_and_greedy_by_full_forward_passes():
+  logits = np.random.default_rng(1).normal(size=(2, 12)).astype(np.float32)
+  seen = [[1, 3, 3, 7], [0, 11]]
+  mask = decoding.seen_tokens(jnp.asarray([[1, 3, 3, 7], [0, 11, 0, 0]]), jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0]]),
+                              12)
+  got = np.asarray(decoding.penalize_repeats(jnp.asarray(logits), mask, 1.7))
+  for r in range(2):
+    np.testing.assert_allclose(got[r], _penalized_reference(logits[r], seen[r], 1.7), rtol=1e-6)
+  # greedy decoding with the penalty equals argmax of the penalized logits of full forward passes, the prompt's
+  # tokens and those generated so far counted (rows of different lengths, padded to one bucket)
+  model = models.get_model('gpt', 'tiny', dropout_rate=0.0)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  prompts = [[30, 31, 30, 32], [40, 41]]
+  (rows, tokens, lengths, prefill), = decoding.lm_batches(prompts, 6, model.max_len)
+  out = np.asarray(decoding.sample_lm(model, params, jnp.asarray(tokens), jax.random.key(0), 6, 0.0, eos_id=-1,
+                                      lengths=jnp.asarray(lengths), prefill=prefill, repetition_penalty=2.0))
+  forward = jax.jit(lambda x: model.apply({'params': params}, x))
+  plain = np.asarray(decoding.sample_lm(model, params, jnp.asarray(tokens), jax.random.key(0), 6, 0.0, eos_id=-1,
+                                        lengths=jnp.asarray(lengths), prefill=prefill))
+  for r, prompt in zip(rows, prompts):
+    seq = list(prompt)
+    for _ in range(6):
+      x = np.zeros((1, 16), np.int32)
+      x[0, :len(seq)] = seq
+      step = np.asarray(forward(jnp.asarray(x)))[0, len(seq) - 1]
+      seq.append(int(np.argmax(_penalized_reference(step, seq, 2.0))))
+    np.testing.assert_array_equal(out[r], seq[len(prompt):])
+  assert (out != plain).any()  # the penalty changed the choice somewhere
+
+
+def test_padded_contexts_and_sources_decode_as_unpadded():
+  from zoo.data import tokenizer as tk
+  glm = models.get_model('glm', 'tiny', dropout_rate=0.0)
+  context = jax.random.randint(jax.random.key(1), (2, 6), 20, 512).at[:, 2].set(tk.MASK)
+  params = glm.init(jax.random.key(0), context, context_length=jnp.array([6, 6]))['params']
+  at = jnp.array([2, 2])
+  exact = decoding.sample_glm(glm, params, context, jax.random.key(0), 5, at, eos_id=-1)
+  padded = jnp.zeros((2, 16), jnp.int32).at[:, :6].set(context).at[:, 9].set(99)  # junk in the padding
+  got = decoding.sample_glm(glm, params, padded, jax.random.key(0), 5, at, eos_id=-1,
+                            context_length=jnp.array([6, 6]))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(exact))
+  model, t5_params, src = _t5()
+  rows = [list(np.asarray(r)[np.asarray(r) != 0]) for r in src]
+  padded_src = decoding.pad_rows(rows)
+  assert padded_src.shape == (3, 16)
+  np.testing.assert_array_equal(
+      np.asarray(decoding.greedy_seq2seq(model, t5_params, jnp.asarray(padded_src), 4, start_id=0, eos_id=-1)),
+      np.asarray(decoding.greedy_seq2seq(model, t5_params, src, 4, start_id=0, eos_id=-1)))

@@ -212,6 +212,22 @@ def test_imported_gpt2_generates_as_transformers(tmp_path, bpe_files):
   print(f'gpt2: {len(PROMPTS)} prompts, {stopped} stopped at eos, ids {got} texts {texts}')
   assert stopped >= 1  # eos ended at least one prompt early, in zoo as in transformers
 
+  # The HF directory's generation_config.json becomes zoo.generate's defaults: with a repetition penalty and
+  # max_new_tokens there, zoo's ids equal transformers' generate reading the same file.
+  hf.generation_config.update(repetition_penalty=1.8, max_new_tokens=8, do_sample=False, pad_token_id=eot)
+  hf.generation_config.save_pretrained(str(hf_dir))
+  convert.import_hf(str(hf_dir), str(tmp_path / 'zoo2'))
+  penalized = zoo.load(str(tmp_path / 'zoo2'))
+  assert penalized.generation == {'max_new': 8, 'temperature': 0.0, 'repetition_penalty': 1.8}
+  got = api.generate_ids(penalized, PROMPTS)
+  for prompt, ids in zip(PROMPTS, got):
+    x = hf_tok(prompt)['input_ids']
+    with torch.no_grad():
+      out = [int(t) for t in hf.generate(torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long))[0]]
+    want = out[len(x):]
+    assert ids == (want[:want.index(eot)] if eot in want else want), prompt
+  assert got != api.generate_ids(penalized, PROMPTS, repetition_penalty=1.0)  # the penalty changed something
+
 
 def test_imported_t5_generates_as_transformers(tmp_path):
   torch = _torch()

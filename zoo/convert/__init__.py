@@ -53,8 +53,8 @@ export_hf), cli (the command line).
 """
 from zoo.convert.cli import load_workdir, main
 from zoo.convert.common import ConversionError, Converter, UnsafeCheckpointError, model_fields
-from zoo.convert.format import (HF_CONFIG_COPY, HF_TOKENIZER_DIR, PARAMS_FILE, TOKENIZER_FILES, ZOO_CONFIG,
-                                load_zoo, load_zoo_tokenizer, save_zoo)
+from zoo.convert.format import (GENERATION_CONFIG, HF_CONFIG_COPY, HF_TOKENIZER_DIR, PARAMS_FILE, TOKENIZER_FILES,
+                                ZOO_CONFIG, generation_config_copy, load_zoo, load_zoo_tokenizer, save_zoo)
 from zoo.convert.hf import export_hf, import_hf, load_hf, tokenizer_report
 from zoo.convert.io import load_safetensors, load_torch_bin, read_hf_config, read_hf_weights
 from zoo.convert.registry import (CONVERTERS, FAMILIES, SUPPORTED_ARCHITECTURES, detect_family,

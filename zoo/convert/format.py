@@ -22,6 +22,7 @@ from zoo.convert.common import ConversionError
 ZOO_CONFIG = 'zoo_model.json'
 PARAMS_FILE = 'params.safetensors'
 HF_CONFIG_COPY = 'hf_config.json'
+GENERATION_CONFIG = 'generation_config.json'  # the HF directory's, copied unchanged: zoo.generate's defaults
 HF_TOKENIZER_DIR = 'hf_tokenizer'
 TOKENIZER_FILES = ('spiece.model', 'sentencepiece.bpe.model', 'tokenizer.model', 'vocab.txt', 'vocab.json',
                    'merges.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
@@ -72,6 +73,12 @@ def load_zoo(path: str, **overrides) -> tuple[Any, dict, str, dict]:
 def hf_config_copy(path: str) -> dict:
   """The hf_config.json of a zoo model directory (or of its params.safetensors); {} when it has none."""
   config_path = os.path.join(model_dir(path), HF_CONFIG_COPY)
+  return io.read_json(config_path) if os.path.exists(config_path) else {}
+
+
+def generation_config_copy(path: str) -> dict:
+  """The generation_config.json an imported HF directory had, kept in the zoo model directory; {} when none."""
+  config_path = os.path.join(model_dir(path), GENERATION_CONFIG)
   return io.read_json(config_path) if os.path.exists(config_path) else {}
 
 

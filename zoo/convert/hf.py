@@ -91,6 +91,8 @@ def import_hf(hf_dir: str, out_dir: str) -> dict:
             'architectures': info['config'].get('architectures')}
   fmt.save_zoo(out_dir, family, fields, params, source=source, hf_config=info['config'],
                   extra={'fresh_params': info['fresh'], 'tokenizer': tok})
+  if os.path.isfile(os.path.join(hf_dir, fmt.GENERATION_CONFIG)):  # zoo.generate's defaults, as transformers'
+    shutil.copyfile(os.path.join(hf_dir, fmt.GENERATION_CONFIG), os.path.join(out_dir, fmt.GENERATION_CONFIG))
   n = sum(int(np.prod(v.shape)) for v in flatten_dict(params).values())
   return {'out': out_dir, 'family': family, 'params': n, 'fields': fields, 'fresh_params': info['fresh'],
           'tokenizer': tok}

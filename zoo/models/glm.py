@@ -32,14 +32,18 @@ SIZES = {
 PUBLISHED_PARAMS = {'base': 110_000_000, 'large': 335_000_000}  # the GLM paper's rounded figures
 
 
-def glm_mask(context_length, q_positions, k_positions):
-  """[B, 1, T, S]: a key is visible if it lies in part A (index < context_length) or at or before the query.
+def glm_mask(context_length, q_positions, k_positions, part_b=None):
+  """[B, 1, T, S]: a key is visible if it lies in part A (index < context_length) or, at or after part_b [B]
+  (default: context_length), at or before the query.
 
-  context_length [B]; q_positions [T] and k_positions [S] are sequence indices (cache slots when decoding).
+  context_length [B]; q_positions [T] and k_positions [S] are sequence indices (cache slots when decoding). A
+  part_b past context_length hides the slots between them: the padding of a context padded to a length bucket.
   """
+  part_b = context_length if part_b is None else part_b
   in_a = k_positions[None, :] < context_length[:, None]  # [B, S]
-  causal = k_positions[None, :] <= q_positions[:, None]  # [T, S]
-  return (in_a[:, None, :] | causal[None])[:, None]
+  k = k_positions[None, None, :]
+  causal = (k <= q_positions[None, :, None]) & (k >= part_b[:, None, None])  # [B, T, S]
+  return (in_a[:, None, :] | causal)[:, None]
 
 
 def training_mask(segment_ids, context_length) -> attention.Mask:
@@ -53,7 +57,8 @@ def training_mask(segment_ids, context_length) -> attention.Mask:
 class Glm(nn.Module):
   """Call: (tokens [B, T], positions [B, T] (in the corrupted text), block_positions [B, T] (inside the
   span, 0 in part A), context_length [B] (length of part A), segment_ids [B, T] (documents 1, 2, ...; 0 = padding),
-  deterministic, decode) -> logits [B, T, V] float32."""
+  deterministic, decode, part_b [B] (decoding: the first cache slot of the spans; default context_length, see
+  glm_mask)) -> logits [B, T, V] float32."""
   vocab_size: int = 30592
   max_len: int = 512
   num_layers: int = 12
@@ -71,13 +76,13 @@ class Glm(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions=None, block_positions=None, context_length=None, segment_ids=None,
-               deterministic: bool = True, decode: bool = False, logits: bool = True):
+               deterministic: bool = True, decode: bool = False, logits: bool = True, part_b=None):
     b, t = tokens.shape
     if context_length is None:
       context_length = jnp.zeros((b,), jnp.int32)  # all of it causal: a plain LM
     if decode:
       q_idx, k_idx = attention.decode_positions(self, t)
-      mask = glm_mask(context_length, q_idx, k_idx)
+      mask = glm_mask(context_length, q_idx, k_idx, part_b)
     else:  # packed rows (segment_ids): each document sees only itself
       q_idx = jnp.arange(t)
       mask = training_mask(segment_ids, context_length)
