@@ -23,7 +23,7 @@ DEFAULTS = {
     'tagging': dict(init_from='workdir/bert', data='demo:names', fields=dict(tokens_field='tokens', tags_field='tags')),
     'qa': dict(init_from='workdir/bert', data='demo:qa',
                fields=dict(question_field='question', context_field='context', answers_field='answers',
-                           max_answer_len=30)),
+                           max_answer_len=30, doc_stride=16)),  # 16 of the 64-token windows (HF: 128 of 384)
     'sft': dict(init_from='workdir/gpt', data='demo:sft', fields=dict(input_field='input', target_field='target')),
     # 600 steps: the toy words are spelled in pieces of the English tokenizer (300 steps: sequence accuracy 0.005)
     'translation': dict(init_from='workdir/transformer', data='demo:translation', steps=600,
