@@ -9,6 +9,8 @@ unless an objective needs room to add its own: GLM's part B):
   document_ids (with sentences=True) the document of each token: its index in `docs` plus 1 (0 = padding), the
                same in every row a document reaches (NSP draws its negatives from another document id)
   word_starts  (with word_segmenter='jieba') 1 where a token starts a word, Chinese words included
+  source       (a mixture, `zoo.data.mixture`: docs from `sources.read_documents('mix:...')`) the index of the
+               source each row comes from, int32 [batch]; each source is packed on its own, the rows mixed
 
 Packing (`packing=`):
   'concat'     concatenate documents (each ending in [EOS]) and cut every seq_len tokens: no padding at all
@@ -31,6 +33,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -38,6 +41,7 @@ import grain
 import grain.experimental as ge
 import numpy as np
 
+from zoo.data import mixture
 from zoo.data import tokenizer as tk
 
 PACKINGS = ('concat', 'first_fit', 'pad')
@@ -74,8 +78,17 @@ class Tokenize:
     return out
 
 
-def _with_index(index: int, text: str) -> tuple[int, str]:
-  return index, text
+def _with_index(offset: int, index: int, text: str) -> tuple[int, str]:
+  return offset + index, text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tag:
+  """Mark a row with its source's index in a mixture (the `source` feature, one int per row)."""
+  index: int
+
+  def __call__(self, row: dict) -> dict:
+    return {**row, 'source': np.int32(self.index)}
 
 
 class _Chunk(ge.FlatMapTransform):
@@ -129,6 +142,10 @@ def check_corpus_fits(docs: Sequence[str], tokenizer: tk.Tokenizer, seq_len: int
   """Refuse, with the fields to change, a training corpus that cannot fill one batch per epoch (rows of
   text_len tokens of text, default seq_len: see make_dataset)."""
   text_len = seq_len if text_len is None else text_len
+  for part, part_docs in zip(getattr(docs, 'parts', ()), getattr(docs, 'documents', ())):  # each repeats alone
+    if len(part_docs) < shard_count:
+      raise ValueError(f'data.source: the mixture\'s part {part.source!r} has {len(part_docs)} training document(s), '
+                       f'fewer than the {shard_count} processes that each read a share: add text to it, or drop it')
   need = global_batch * text_len
   if len(docs) > need:  # enough documents of at least one token each
     return
@@ -166,29 +183,15 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   pack_len = seq_len if text_len is None else text_len
   if not 0 < pack_len <= seq_len:
     raise ValueError(f'text_len={text_len} must be in [1, seq_len={seq_len}]')
-  ds = grain.MapDataset.source(docs)
-  if sentences:  # before sharding and shuffling: a document's id is its index in docs
-    ds = ds.map_with_index(_with_index)
-  ds = ds[shard_index::shard_count]
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
-  it = ds.to_iter_dataset()
-  lengths = {'tokens': pack_len, **({'sentence_ids': pack_len, 'document_ids': pack_len} if sentences else {}),
-             **({'word_starts': pack_len} if word_segmenter else {})}
-  if packing == 'concat':
-    it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)
-  else:
-    it = ge.FlatMapIterDataset(it, _Chunk(pack_len, max_fan_out=1 << 20))
-    if packing == 'first_fit':
-      it = ge.FirstFitPackIterDataset(it, length_struct=lengths,
-                                      num_packing_bins=max(batch_size, packing_bins),
-                                      seed=seed, shuffle_bins=shuffle).map(_rename)
-    else:
-      it = it.map(_pad_row(pack_len))
-  if pack_len < seq_len:  # the room the objective fills: padding here
-    it = it.map(_widen(seq_len))
+  rows = functools.partial(_rows, tokenizer=tokenizer, pack_len=pack_len, seq_len=seq_len, shuffle=shuffle,
+                           num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, add_eos=add_eos,
+                           sentences=sentences, word_segmenter=word_segmenter, packing=packing,
+                           packing_bins=max(batch_size, packing_bins))
+  if isinstance(docs, mixture.MixedDocuments) and num_epochs is None:  # rows of each source, mixed at the weights
+    it = grain.IterDataset.mix([rows(part, seed=seed + i, offset=docs.offsets[i]).map(_Tag(i))
+                                for i, part in enumerate(docs.documents)], list(docs.weights))
+  else:  # one source; or a finite pass over a mixture: every document of every source, unweighted
+    it = rows(docs, seed=seed)
   if pad_last_batch:
     it = it.batch(batch_size, drop_remainder=False).map(_pad_batch(batch_size, seq_len))
   else:
@@ -203,12 +206,49 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
   return it
 
 
+def _rows(docs: Sequence[str], *, tokenizer: tk.Tokenizer, seed: int, offset: int = 0, pack_len: int, seq_len: int,
+          shuffle: bool, num_epochs: int | None, shard_index: int, shard_count: int, add_eos: bool, sentences: bool,
+          word_segmenter: str, packing: str, packing_bins: int) -> grain.IterDataset:
+  """The packed rows (unbatched) of one source's documents; document_ids count from offset + 1."""
+  ds = grain.MapDataset.source(docs)
+  if sentences:  # before sharding and shuffling: a document's id is its index in docs
+    ds = ds.map_with_index(functools.partial(_with_index, offset))
+  ds = ds[shard_index::shard_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
+  it = ds.to_iter_dataset(read_options=_read_options(docs))
+  lengths = {'tokens': pack_len, **({'sentence_ids': pack_len, 'document_ids': pack_len} if sentences else {}),
+             **({'word_starts': pack_len} if word_segmenter else {})}
+  if packing == 'concat':
+    it = ge.ConcatThenSplitIterDataset(it, length_struct=lengths).map(_rename)
+  else:
+    it = ge.FlatMapIterDataset(it, _Chunk(pack_len, max_fan_out=1 << 20))
+    if packing == 'first_fit':
+      it = ge.FirstFitPackIterDataset(it, length_struct=lengths, num_packing_bins=packing_bins, seed=seed,
+                                      shuffle_bins=shuffle).map(_rename)
+    else:
+      it = it.map(_pad_row(pack_len))
+  if pack_len < seq_len:  # the room the objective fills: padding here
+    it = it.map(_widen(seq_len))
+  return it
+
+
+def _read_options(docs: Sequence[str]) -> grain.ReadOptions | None:
+  """grain's reading threads (16, 500 elements ahead) suit documents read from storage (TFDS array_record); for
+  documents already in memory they only contend for the GIL (grain's advice: no threads). Without them
+  benchmarks/input_pipeline.py packed the default corpus 1.1-1.2x (concat), 2-4x (first_fit) and 2-6x (pad) as
+  fast on 2 busy cores, and a mixture of 1-3-word documents 4x; the batches and the iterator state are the same."""
+  return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if isinstance(docs, (list, tuple)) else None
+
+
 def _pad_batch(batch_size: int, seq_len: int):
   def fn(batch):
     n = batch['tokens'].shape[0]
     if n == batch_size:
       return batch
-    return {k: np.concatenate([v, np.zeros((batch_size - n, seq_len), v.dtype)]) for k, v in batch.items()}
+    return {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
   return fn
 
 

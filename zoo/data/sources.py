@@ -9,6 +9,8 @@
   tfds:<name>[:<field>]        a TensorFlow Datasets dataset (field 'text' by default), read from
                                data.data_dir through array_record data sources (no TensorFlow needed), or
                                through tf.data when the dataset was prepared as TFRecord and TensorFlow is there
+  mix:<source>@<w>,<source>@<w>,...   a weighted mixture of the sources above (zoo.data.mixture): each read
+                               and split on its own, packed apart, its rows mixed at the weights
 
 A <glob> may be local (`**` recurses) or a gs://... URI (any etils.epath filesystem; `*` per level, listed
 through epath); every file is read through epath.
@@ -35,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from zoo import paths
+from zoo.data import mixture
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +344,9 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
   """The documents of `split` ('train' or 'validation') of a source spec (see the module docstring)."""
   if split not in ('train', 'validation'):
     raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+  if mixture.is_mixture(source):
+    return read_mixture(source, split=split, data_dir=data_dir, validation_fraction=validation_fraction,
+                        text_mode=text_mode, max_doc_chars=max_doc_chars, cache_dir=cache_dir)
   kind, _, rest = source.partition(':')
   if kind == 'tfds':
     name, _, field = rest.partition(':')
@@ -357,7 +363,8 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
     docs, stats = read_parquet(pattern, column, max_doc_chars)
   else:
     raise ValueError(f"data.source={source!r} is not a source: use 'default', 'text:<glob>', "
-                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>' or 'tfds:<name>[:<field>]'")
+                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>', 'tfds:<name>[:<field>]' or "
+                     f"'mix:<source>@<weight>,...'")
   if not docs:
     raise ValueError(f'data.source={source!r} holds no text ({stats.report()}): point it at non-empty files')
   train, val = split_indices(len(docs), validation_fraction)
@@ -365,3 +372,16 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
   stats.documents, stats.characters = len(chosen), sum(map(len, chosen))
   stats.source += f'[{split}]'
   return chosen, stats
+
+
+def read_mixture(spec: str, *, split: str = 'train', **kwargs) -> tuple[mixture.MixedDocuments, Stats]:
+  """Every part of a 'mix:' spec read as its own source (its own validation split), kept apart in a
+  `mixture.MixedDocuments`; the Stats add the parts' up (each part's are in `docs.stats`)."""
+  parts = mixture.parse(spec)
+  read = [read_documents(p.source, split=split, **kwargs) for p in parts]
+  stats = Stats(source=f'{spec}[{split}]')
+  for _, s in read:
+    for f in dataclasses.fields(Stats):
+      if f.name != 'source':
+        setattr(stats, f.name, getattr(stats, f.name) + getattr(s, f.name))
+  return mixture.MixedDocuments(parts, [d for d, _ in read], [s for _, s in read]), stats

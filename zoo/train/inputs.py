@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from zoo import tasks
-from zoo.data import pipeline
+from zoo.data import mixture, pipeline
 from zoo.train import steps
 
 
@@ -49,7 +49,8 @@ class CorpusInputs(Inputs):
     self.read = read  # read(config, split) -> documents (cached)
 
   def describe(self) -> str:
-    return self.config.objective.name
+    mix = mixture.describe(self.read(self.config, 'train'))  # a mixture's parts, weights and sizes
+    return self.config.objective.name + (f' | {mix}' if mix else '')
 
   def train_dataset(self, run):
     cfg = self.config

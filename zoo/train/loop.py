@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from zoo import checkpoint as ckpt
 from zoo import paths
+from zoo.data import mixture
 from zoo.train import state as state_lib
 from zoo.train import steps
 from zoo.train.build import build, maybe_initialize_distributed
@@ -253,9 +254,11 @@ def _train(run, checkpointer, callback=None) -> dict:
   steps_since = 0
   last = {}
   watch = FiniteWatch(placement, start or None, checkpointer.directory)
+  shares = mixture.ShareMeter()  # a mixture's measured token share per source (mix_share_<i>)
   with Preemption() as preempt:
     while step < cfg.train.steps:
       batch = next(data_iter)
+      shares.add(batch)
       example = placement.put(run.objective.example(batch, steps.example_rng(cfg.seed, step)))
       state, metrics = train_step(state, example, rng)
       step += 1
@@ -277,6 +280,7 @@ def _train(run, checkpointer, callback=None) -> dict:
           eta = fmt_time((cfg.train.steps - step) / rate)
         if run.objective.perplexity:
           m['perplexity'] = math.exp(min(m['loss'], 50.0))
+        m.update(shares.metrics())
         report(step, m)
         last = m
         say(progress_line(step, cfg.train.steps, m, eta))
