@@ -235,7 +235,7 @@ def test_two_processes_train_one_mesh_and_stop_together(tokenizer_path, tmp_path
 
 
 RECIPES = ['gpt', 'bert', 'bert_wwm', 'spanbert', 'bert_nsp', 'albert', 't5', 'bart', 'transformer', 'rnn_seq2seq',
-           'glm', 'lstm', 'gru', 'rnn']
+           'glm', 'lstm', 'gru', 'rnn', 'electra']
 
 
 @pytest.mark.parametrize('name', RECIPES)
@@ -255,7 +255,7 @@ def test_each_recipe_starts_at_chance_and_steps_downhill(name, tokenizer_path):
   for _ in range(3):
     state, metrics = step(state, example, jax.random.key(0))
     curve.append({k: float(v) for k, v in metrics.items()})
-  chance = {'nsp': np.log(2), 'sop': np.log(2)}
+  chance = {'nsp': np.log(2), 'sop': np.log(2), 'rtd': 50 * np.log(2), 'rtd_baseline': 0.0}  # ELECTRA: 50 x BCE
   # T5's Mesh TF init (embeddings N(0, 1), the tied head scaled by d^-0.5) starts with logits of std 1: the
   # expected loss of V such logits is ln V + 1/2 (E logsumexp of iid N(0, s^2) ~ ln V + s^2 / 2)
   above = 0.5 if getattr(run.model, 'mesh_tf_init', False) else 0.0

@@ -29,12 +29,17 @@ def make(registry: dict[str, type], name: str, what: str, **fields):
   return cls(**fields)
 
 
-def check_family(obj, family: str, field: str, verb: str = 'trains') -> None:
-  """Refuse model family `family` unless `obj` (an objective or task) trains its kind: `obj.kinds` lists the
-  kinds it trains (empty: any), and `obj.recurrent` says whether the RNN families are among them."""
+def check_family(obj, family: str, field: str, verb: str = 'trains', pretraining: bool = False) -> None:
+  """Refuse model family `family` unless `obj` (an objective or task) trains it: `obj.kinds` lists the kinds it
+  trains (empty: any), `obj.recurrent` says whether the RNN families are among them, and `obj.families` (if set)
+  names the only families it trains. pretraining: `obj` is a pretraining objective, and a family whose registry
+  entry names its `objectives` (ELECTRA: rtd) takes only those."""
   from zoo import models
-  entry = models.get_family(family)
-  if (obj.kinds and entry.kind not in obj.kinds) or (entry.recurrent and not obj.recurrent):
-    fits = models.families_of(*(obj.kinds or models.KINDS), recurrent=None if obj.recurrent else False)
-    raise ValueError(f'{field} {verb} {sorted(fits)}, not model.family={family!r}: pick a matching recipe '
-                     f'from configs/')
+
+  def fits(name, entry):
+    return ((not obj.kinds or entry.kind in obj.kinds) and (obj.recurrent or not entry.recurrent)
+            and (not getattr(obj, 'families', ()) or name in obj.families)
+            and (not pretraining or not entry.objectives or obj.name in entry.objectives))
+  if not fits(family, models.get_family(family)):
+    fitting = sorted(n for n, e in models.FAMILIES.items() if fits(n, e))
+    raise ValueError(f'{field} {verb} {fitting}, not model.family={family!r}: pick a matching recipe from configs/')

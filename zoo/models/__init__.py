@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from zoo.models import albert, bert, encdec, glm, gpt, rnn
+from zoo.models import albert, bert, electra, encdec, glm, gpt, rnn
 
 
 # What a family's model does with a sequence: how it is trained, fine-tuned and decoded follows from this.
@@ -31,12 +31,17 @@ class Family(NamedTuple):
   doc: str
   kind: str  # one of KINDS
   recurrent: bool = False  # RNN cells instead of attention and MLP layers (no adapters, no attention masks)
+  counted: tuple = ()  # (field, value) pairs of the model `published` counts (ELECTRA: the discriminator alone)
+  objectives: tuple = ()  # the only pretraining objectives it takes (empty: any of its kind's)
 
 
 FAMILIES: dict[str, Family] = {
     'bert': Family(bert.Bert, bert.SIZES, bert.PUBLISHED_PARAMS, 'BERT encoder, MLM + NSP heads', ENCODER),
     'albert': Family(albert.Albert, albert.SIZES, albert.PUBLISHED_PARAMS,
                      'ALBERT: factorized embeddings, shared layers, MLM + SOP heads', ENCODER),
+    'electra': Family(electra.Electra, electra.SIZES, electra.PUBLISHED_PARAMS,
+                      'ELECTRA: MLM generator + replaced-token-detection discriminator (shared embeddings)', ENCODER,
+                      counted=(('head', 'discriminator'),), objectives=('rtd',)),
     'gpt': Family(gpt.Gpt, gpt.SIZES, gpt.PUBLISHED_PARAMS, 'GPT-2 causal decoder', DECODER),
     't5': Family(encdec.EncoderDecoder, encdec.T5_SIZES, encdec.T5_PUBLISHED_PARAMS,
                  'T5 encoder-decoder (relative bias, RMSNorm, pre-LN)', ENCODER_DECODER),
@@ -125,8 +130,8 @@ def table() -> list[dict]:
   rows = []
   for name, fam in FAMILIES.items():
     for size in fam.sizes:
-      n = count_params(scanned(get_model(name, size)))
-      row = dict(family=name, size=size, params=n)
+      n = count_params(scanned(get_model(name, size, **dict(fam.counted))))
+      row = dict(family=name, size=size, params=n, **dict(fam.counted))
       if size in fam.published:
         row['published'] = fam.published[size]
       rows.append(row)

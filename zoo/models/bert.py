@@ -93,7 +93,7 @@ class Bert(nn.Module):
   remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
   attention: str = 'auto'  # auto, xla, cudnn, splash, pallas (zoo.layers.kernels)
   adapters: adapters_lib.Adapters | None = None  # LoRA / prefix tuning (zoo.layers.adapters)
-  head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), or a task: classification, span (QA), tagging
+  head: str = 'pretraining'  # pretraining (MLM + NSP/SOP), encoder (hidden only), or classification, span, tagging
   num_labels: int = 2  # classes of the classification / tagging head
   pooling: str = 'cls'  # classification input: 'cls' (the pooled [CLS], as BERT) or 'mean' (of the tokens)
   sbo: bool = False  # SpanBERT's span boundary head (set by objective.sbo); its position table has max_len rows
@@ -129,6 +129,8 @@ class Bert(nn.Module):
     mask = attention.Mask(segment_ids, segment_ids)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, False,
                                  scan=self.scan_layers, remat=self.remat, shared=self.share_layers)
+    if self.head == 'encoder':  # the body alone, no pooler or head (ELECTRA's generator and discriminator)
+      return dict(hidden=x)
 
     pooled = jnp.tanh(common.dense(self.embed_dim, ('embed', 'mlp'), dtype=self.dtype, name='pooler')(x[:, 0]))
     if self.head != 'pretraining':

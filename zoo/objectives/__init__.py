@@ -15,6 +15,7 @@ from zoo.objectives.blank_infilling import BlankInfilling
 from zoo.objectives.causal_lm import CausalLm
 from zoo.objectives.denoising import Denoising
 from zoo.objectives.mlm import Mlm
+from zoo.objectives.rtd import Rtd
 from zoo.objectives.sentence_pairs import MlmNsp, MlmSop
 from zoo.objectives.span_corruption import SpanCorruption
 
@@ -23,6 +24,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     'causal_lm': CausalLm,
     'denoising': Denoising,  # BART: the decoder reconstructs a corrupted document
     'mlm': Mlm,
+    'rtd': Rtd,  # ELECTRA: MLM generator + replaced-token detection
     'nsp': MlmNsp,  # MLM + next-sentence prediction (BERT)
     'sop': MlmSop,  # MLM + sentence-order prediction (ALBERT)
     'span_corruption': SpanCorruption,

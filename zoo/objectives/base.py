@@ -59,6 +59,7 @@ class Objective:
   needs_sentences = False  # the batch must carry sentence_ids (the pipeline's sentences=True)
   kinds = ()  # the kinds of model family this trains (zoo.models.KINDS; empty: any)
   recurrent = True  # whether it trains the recurrent families of those kinds
+  families = ()  # the only families it trains (empty: every family of its kinds)
   lean_loss = False  # the model returns Features (logits=False) and `terms` takes them: a chunked loss
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:

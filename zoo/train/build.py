@@ -154,7 +154,7 @@ def build(config, workdir: str, devices=None) -> Run:
     inputs = inputs_lib.TaskInputs(objective, records, tok, config)
   else:
     objective = make_objective(config, tok)
-    registry.check_family(objective, m.family, f'objective.name={config.objective.name!r}')
+    registry.check_family(objective, m.family, f'objective.name={config.objective.name!r}', pretraining=True)
     inputs = inputs_lib.CorpusInputs(config, read)
   fields.update(objective.model_fields())
   adapters = finetune.make_adapters(config)

@@ -69,6 +69,8 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
   tree (or its shapes).
   """
   from flax import traverse_util
+  if hasattr(model, 'parts'):  # several networks (ELECTRA: the generator and the discriminator): their sum
+    return sum(flops_per_token(m, p, seq_len, objective, fused_attention) for m, p in model.parts(params))
   shared = getattr(model, 'share_layers', False)
   layers = getattr(model, 'num_layers', 0)
   mlm = getattr(model, 'head', None) == 'pretraining'
