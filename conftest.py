@@ -30,6 +30,10 @@ except ImportError:
 _CACHE = pathlib.Path(__file__).resolve().parent / '.jax_cache'
 jax.config.update('jax_compilation_cache_dir', str(_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # most test programs compile in < 0.1 s
+# The processes the tests start (train.py runs, notebook kernels, the kill -9 and two-process runs) share the cache
+# through the environment: a second train.py of the same recipe loads its programs instead of compiling them.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 @pytest.fixture
@@ -115,3 +119,4 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return (0, _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST))
   items.sort(key=order)
+
