@@ -57,8 +57,8 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   # at 24 steps; ALBERT's shared layers and T5's span corruption learn slower (0.73 at 32 steps, 0.71 at 48)
   steps = {'albert': 32, 't5': 48}.get(name, 24)
   # The recurrent recipes learn on one device, and their first 3 steps on 8 give the same losses: on 8 simulated
-  # devices sharing 2 cores, their backward time loop all-reduces the recurrent weights' gradient at every time
-  # step (XLA's partitioning of the scan), which runs 12x slower here.
+  # devices sharing 2 cores, XLA:CPU all-reduces the recurrent weights' gradient at every time step of the
+  # backward loop (GPU pipelines sink it out of the loop: while-loop-all-reduce-code-motion), 12x slower here.
   recurrent = name in ('lstm', 'gru', 'rnn', 'rnn_seq2seq')
   common = {'model.dropout_rate': 0.0, 'optimizer.warmup_steps': 8, 'optimizer.decay_steps': steps,
             'train.seq_len': 32, 'log.tensorboard': name == 'gpt'}
