@@ -119,4 +119,3 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return (0, _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST))
   items.sort(key=order)
-

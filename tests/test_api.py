@@ -36,14 +36,10 @@ def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
   assert [_greedy_by_full_passes(loaded, p, 5) for p in prompts] == [p + t for p, t in zip(prompts, texts)]
 
 
-def _apply(model, params, ids):
-  """One forward pass, compiled (a program per length, instead of each op dispatched on its own)."""
-  return _forward(model)(params, ids)
-
-
 @functools.lru_cache
 def _forward(model):
-  return jax.jit(lambda p, x: model.apply({'params': p}, x))
+  """The model's forward pass, compiled (a program per length, instead of each op dispatched on its own)."""
+  return jax.jit(lambda params, ids: model.apply({'params': params}, ids))
 
 
 def _greedy_by_full_passes(loaded, prompt, max_new):
@@ -53,7 +49,7 @@ def _greedy_by_full_passes(loaded, prompt, max_new):
   ids = tok.encode(prompt)
   assert tok.decode(ids) == prompt  # the prompt round-trips, so prompt + continuation is this decoding
   for _ in range(max_new):
-    logits = _apply(loaded.model, loaded.params, jnp.asarray([ids]))
+    logits = _forward(loaded.model)(loaded.params, jnp.asarray([ids]))
     nxt = int(jnp.argmax(logits[0, -1, :tok.vocab_size]))
     if nxt == tk.EOS:
       break

@@ -16,6 +16,7 @@ import pytest
 
 from zoo import checkpoint as ckpt
 from zoo import config as config_lib
+from zoo import models
 from zoo import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,10 +60,12 @@ def test_each_recipe_learns_on_8_devices(name, tokenizer_path, tmp_path):
   # The recurrent recipes learn on one device, and their first 3 steps on 8 give the same losses: on 8 simulated
   # devices sharing 2 cores, XLA:CPU all-reduces the recurrent weights' gradient at every time step of the
   # backward loop (GPU pipelines sink it out of the loop: while-loop-all-reduce-code-motion), 12x slower here.
-  recurrent = name in ('lstm', 'gru', 'rnn', 'rnn_seq2seq')
   common = {'model.dropout_rate': 0.0, 'optimizer.warmup_steps': 8, 'optimizer.decay_steps': steps,
             'train.seq_len': 32, 'log.tensorboard': name == 'gpt'}
-  c = recipe(name, tokenizer_path, **common, **{'train.steps': steps, **({'mesh.devices': 1} if recurrent else {})})
+  c = recipe(name, tokenizer_path, **common, **{'train.steps': steps})
+  recurrent = models.get_family(c.model.family).recurrent
+  if recurrent:
+    c.mesh.devices = 1
   metrics = train.train_and_evaluate(c, str(tmp_path))
   curve = losses(tmp_path)
   first = np.mean([curve[s] for s in (1, 2, 3)])
