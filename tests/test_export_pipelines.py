@@ -14,10 +14,16 @@ from zoo import convert
 from zoo.convert import tokenizer as hf_tok
 from zoo.data import tokenizer as tk
 
-pytest.importorskip('tokenizers')
-pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-transformers.logging.set_verbosity_error()
+transformers = None  # imported by _hf when a test here first runs, not at collection (torch takes 5 s)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _hf():
+  global transformers
+  pytest.importorskip('tokenizers')
+  pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  transformers.logging.set_verbosity_error()
 
 SENTENCES = ['hello world', 'The quick brown fox jumps over the lazy dog!', ' a leading space', 'two  spaces, end ',
              '你好，世界。这是一个测试。', 'mixed 中文 and English 🙂 emoji', 'tab\tand\nnew line', '12345 and 3.14',
