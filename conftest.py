@@ -5,21 +5,6 @@ import pathlib
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-
-def _older_emitters_compile_faster() -> bool:
-  """jaxlib 0.10 (what Python 3.11 gets) still has XLA:CPU's loop emitters, which compile a tiny program in about
-  two thirds of the time the fusion emitters take (a tiny GPT train step 1.2 -> 0.8 s, one eager op 29 -> 15 ms) and
-  run it as fast. Later jaxlibs removed the flag, and XLA aborts on a flag it does not know."""
-  from importlib import metadata
-  try:
-    return tuple(int(p) for p in metadata.version('jaxlib').split('.')[:2]) < (0, 11)
-  except (metadata.PackageNotFoundError, ValueError):
-    return False
-
-
-if _older_emitters_compile_faster() and 'xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
