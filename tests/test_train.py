@@ -214,13 +214,21 @@ def _two_processes(tmp_path, tokenizer_path, signal_at=None):
             f'--config.distributed.coordinator_address=localhost:{port}',
             '--config.distributed.num_processes=2', f'--config.distributed.process_id={pid}']
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  # a hang (the two processes waiting in different collectives) fails this test after 5 minutes instead of
+  # stalling the suite: both are killed (rc -9), and the assertions show what process 0 printed
+  import threading
+  watchdog = threading.Timer(300, lambda: [p.kill() for p in procs])
+  watchdog.start()
   out0 = []
-  for line in procs[0].stdout:
-    out0.append(line)
-    if signal_at and line.startswith(f'step {signal_at:>2}/12'):
-      procs[1].send_signal(signal.SIGTERM)
-  procs[0].wait()
-  outs = [''.join(out0), procs[1].communicate(timeout=600)[0]]
+  try:
+    for line in procs[0].stdout:
+      out0.append(line)
+      if signal_at and line.startswith(f'step {signal_at:>2}/12'):
+        procs[1].send_signal(signal.SIGTERM)
+    procs[0].wait()
+    outs = [''.join(out0), procs[1].communicate(timeout=600)[0]]
+  finally:
+    watchdog.cancel()
   return [p.returncode for p in procs], outs
 
 
