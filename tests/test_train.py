@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -216,7 +217,6 @@ def _two_processes(tmp_path, tokenizer_path, signal_at=None):
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   # a hang (the two processes waiting in different collectives) fails this test after 5 minutes instead of
   # stalling the suite: both are killed (rc -9), and the assertions show what process 0 printed
-  import threading
   watchdog = threading.Timer(300, lambda: [p.kill() for p in procs])
   watchdog.start()
   out0 = []
