@@ -57,9 +57,11 @@ def test_pretrain_then_restore_and_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_lora(tmp_path):
-  out = run_notebook('finetune_lora', tmp_path, PRETRAINED=str(tmp_path / 'bert'), WORKDIR=str(tmp_path / 'lora'),
-                     PRETRAIN_STEPS=10, STEPS=200, DROPOUT=0.0)
+def test_finetune_lora(pretrained_bert, tmp_path):
+  # from the suite's shared tiny BERT (pretrained once per session): the notebook's pretrain-if-missing cell is
+  # train_and_evaluate on configs/bert.py, which the pretraining notebook and tests/test_train.py run
+  out = run_notebook('finetune_lora', tmp_path, PRETRAINED=pretrained_bert, WORKDIR=str(tmp_path / 'lora'),
+                     STEPS=120, DROPOUT=0.0)
   # the adapters make the model read the text: below what the label frequencies alone allow
   assert out['eval_loss'] < out['label_entropy'] - 0.01 and out['accuracy'] >= out['majority'], out
   assert out['merge_error'] < 1e-5
