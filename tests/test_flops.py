@@ -13,13 +13,18 @@ def params_of(model, **inputs):
 
 
 def test_gpt_flops_are_six_per_weight_plus_attention():
-  model = models.get_model('gpt', 'tiny')  # L=2, D=64, mlp 256, V 512, tied
+  model = models.get_model('gpt', 'tiny', dropout_rate=0.1)  # L=2, D=64, mlp 256, V 512, tied
   L, D, F, V, T = 2, 64, 256, 512, 128
   params = params_of(model, tokens=jnp.ones((1, T), jnp.int32))
   matmuls = L * (4 * D * D + 2 * D * F) + V * D  # q, k, v, out; wi, wo; the tied output projection
+  # attention dropout: the xla path computes the whole [T, T] square
   assert metrics.flops_per_token(model, params, T) == 6 * matmuls + 12 * L * T * D
   # a fused kernel skips the causal mask's upper half
   assert metrics.flops_per_token(model, params, T, fused_attention=True) == 6 * matmuls + 6 * L * T * D
+  # without dropout the xla path runs 2 query blocks at T = 128 (3/4 of the square), 4 at T = 512 (5/8)
+  lean = model.clone(dropout_rate=0.0)
+  assert metrics.flops_per_token(lean, params, T) == 6 * matmuls + 9 * L * T * D
+  assert metrics.flops_per_token(lean, params, 512) == 6 * matmuls + 7.5 * L * 512 * D
 
 
 def test_albert_counts_its_shared_layer_once_per_application():

@@ -1,7 +1,8 @@
 """Attention implementations behind one call, and the structured mask the fused ones take.
 
 `model.attention` picks one:
-- `xla`: einsum scores, float32 softmax, every mask, bias, dropout and the KV cache (materializes [B, N, T, S]);
+- `xla`: einsum scores, float32 softmax, every mask, bias, dropout and the KV cache (materializes [B, N, T, S]; a
+  causal self-attention in query blocks that skip the masked upper triangle: `causal_blocks`);
 - `cudnn`: NVIDIA's fused attention (`jax.nn.dot_product_attention(implementation='cudnn')`), bf16/fp16 on a GPU;
   a causal mask is native, any other mask travels as an additive bias of [B, 1, T, S], and T5's bias is added;
 - `splash`: TPU splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`): causal and packed segments;
@@ -70,18 +71,55 @@ class Mask:
     return out
 
 
+def causal_blocks(t: int, s: int, mask, dropout: bool) -> int:
+  """Query blocks a causal self-attention on the `xla` path splits into: block i attends to the keys up to its own
+  end only, so the masked upper triangle's blocks are skipped instead of computed and masked (QK^T and PV do
+  (n + 1) / 2n of the work). The result is the same softmax over the same keys. 1 (no split): not causal
+  self-attention, GLM's prefix (it sees keys past the diagonal), attention dropout (its masks keep their shape),
+  shorter than 128, or a length the blocks do not divide. Measured on a 2-core x86 CPU, forward and backward at
+  4,096 tokens, 8 heads of 64, packed causal: 2 blocks take 0.75x the time at T=128, 0.69x at 256 (float32: 0.54x),
+  0.81x at 512; 4 blocks 0.73x at 512, 0.76x at 1024.
+
+  >>> causal_blocks(256, 256, Mask(causal=True), dropout=False), causal_blocks(1024, 1024, Mask(causal=True), False)
+  (2, 4)
+  >>> causal_blocks(256, 256, Mask(causal=True), dropout=True), causal_blocks(64, 64, Mask(causal=True), False)
+  (1, 1)
+  """
+  if not isinstance(mask, Mask) or not mask.causal or mask.prefix is not None or dropout or t != s or t < 128:
+    return 1
+  n = 2 if t < 512 else 4
+  return n if t % n == 0 else 1
+
+
 def xla_attention(q, k, v, mask=None, bias=None, *, scale: float, dropout_rate: float = 0.0, dropout_rng=None,
                   dtype=jnp.float32):
-  """softmax(q k^T * scale + bias, where mask) v, the softmax in float32; mask: a `Mask` or a boolean array."""
+  """softmax(q k^T * scale + bias, where mask) v, the softmax in float32; mask: a `Mask` or a boolean array.
+  A causal self-attention runs in `causal_blocks` query blocks."""
+  t, s = q.shape[1], k.shape[1]
+  dropout = dropout_rate > 0.0 and dropout_rng is not None
+  blocks = causal_blocks(t, s, mask, dropout)
+  if isinstance(mask, Mask):
+    mask = mask.dense(t, s)
+  if blocks == 1:
+    return _dense_attention(q, k, v, mask, bias, scale, dropout_rate if dropout else 0.0, dropout_rng, dtype)
+  size = t // blocks
+  outs = []
+  for i in range(blocks):
+    lo, hi = i * size, (i + 1) * size  # queries lo..hi-1 see keys 0..hi-1 at most
+    part = lambda x: None if x is None else x[..., lo:hi, :hi]  # noqa: E731  [B|1, N|1, T, S] -> this block's
+    outs.append(_dense_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], part(mask), part(bias), scale, 0.0, None,
+                                 dtype))
+  return jnp.concatenate(outs, axis=1)
+
+
+def _dense_attention(q, k, v, mask, bias, scale, dropout_rate, dropout_rng, dtype):
   logits = common.einsum('BTNH,BSNH->BNTS', q, k, dtype=dtype) * scale  # [B, N, T, S] f32
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
-  if isinstance(mask, Mask):
-    mask = mask.dense(q.shape[1], k.shape[1])
   if mask is not None:
     logits = jnp.where(mask, logits, _NEG)
   weights = jax.nn.softmax(logits, axis=-1)
-  if dropout_rate > 0.0 and dropout_rng is not None:
+  if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   return common.einsum('BNTS,BSNH->BTNH', weights, v, dtype=dtype).astype(dtype)

@@ -10,6 +10,7 @@ import math
 import jax
 
 from zoo import paths
+from zoo.layers import kernels
 
 # Dense bf16 peak FLOP/s per device, by jax device_kind (prefix match).
 PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
@@ -64,7 +65,9 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
     `objective.max_predictions(T) / T` of the tokens; so does SpanBERT's span boundary head (sbo: its two layers and
     a second pass through the output projection). The pooler, NSP and classification heads run once per row.
   - Attention: 12 x T x width per layer (QK^T and AV, forward and backward), halved for a causal mask when a fused
-    kernel runs it (it skips the masked blocks; the xla path computes them all); cross-attention 12 x S x width.
+    kernel runs it (it skips the masked blocks), (n + 1) / 2n of it on the xla path when that splits a causal
+    self-attention into n query blocks (`zoo.layers.kernels.causal_blocks`: no attention dropout, T >= 128; GLM's
+    prefix: the whole square); cross-attention 12 x S x width.
   Norms, biases, softmax and the optimizer are not counted (they are memory-bound). params: the unboxed parameter
   tree (or its shapes).
   """
@@ -95,12 +98,17 @@ def flops_per_token(model, params, seq_len: int, objective=None, fused_attention
   heads = getattr(model, 'num_heads', 0)
   if heads and hasattr(model, 'embed_dim'):
     width = heads * (getattr(model, 'head_dim', 0) or model.embed_dim // heads)
-    causal = 0.5 if fused_attention else 1.0
+    if fused_attention:
+      causal = 0.5
+    else:  # the xla path runs a causal self-attention in n query blocks: (n + 1) / 2n of the square
+      n = kernels.causal_blocks(seq_len, seq_len, kernels.Mask(causal=True), getattr(model, 'dropout_rate', 0.0) > 0)
+      causal = (n + 1) / (2 * n)
     if hasattr(model, 'num_encoder_layers'):  # encoder (bidirectional), decoder (causal) and cross-attention
       flops += 12 * seq_len * width * (model.num_encoder_layers + model.num_decoder_layers * (causal + 1))
     else:
-      is_causal = type(model).__name__ in ('Gpt', 'Glm')
-      flops += 12 * seq_len * width * layers * (causal if is_causal else 1.0)
+      kind = type(model).__name__  # GLM's prefix keeps the whole square on the xla path
+      causal = causal if kind == 'Gpt' or (kind == 'Glm' and fused_attention) else 1.0
+      flops += 12 * seq_len * width * layers * causal
   return flops
 
 
