@@ -381,6 +381,23 @@ def test_dense_matmuls_accumulate_in_float32_forward_and_backward():
   np.testing.assert_allclose(gw.astype(jnp.float32), rw, rtol=0.05, atol=0.5)
 
 
+@pytest.mark.parametrize('amx', [False, True])
+def test_bfloat16_operands_widen_on_a_cpu_without_amx(amx, monkeypatch):
+  """On a CPU without AMX the bf16 x bf16 -> f32 contractions (forward and both gradients) widen their operands to
+  float32 first: the same products (exact in float32), the same result; with AMX they stay bfloat16."""
+  from zoo.layers import matmul
+  monkeypatch.setattr(matmul, 'cpu_has_amx', lambda: amx)
+  x = jax.random.normal(jax.random.key(0), (4, 64)).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (64, 8)).astype(jnp.bfloat16)
+  f = lambda x, w: jnp.sum(matmul.einsum('ti,io->to', x, w) ** 2)  # noqa: E731
+  dots = [e for e in jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, w).eqns if e.primitive.name == 'dot_general']
+  assert len(dots) == 3  # forward, d/dx, d/dw
+  assert {str(v.aval.dtype) for e in dots for v in e.invars} == ({'bfloat16'} if amx else {'float32'})
+  assert {str(v.aval.dtype) for e in dots for v in e.outvars} == {'float32'}
+  want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)  # the exact products, summed in float64
+  np.testing.assert_allclose(jax.jit(lambda x, w: matmul.einsum('ti,io->to', x, w))(x, w), want, rtol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('family', ['t5', 'bart', 'rnn_seq2seq'])
 def test_greedy_decoding_with_the_cache_equals_full_forward_passes(family):

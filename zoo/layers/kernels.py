@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from zoo.layers import common
+from zoo.layers import common, matmul
 
 log = logging.getLogger('zoo')
 
@@ -172,10 +172,7 @@ def _say_once(msg: str) -> None:
     log.info('%s', msg)
 
 
-def platform() -> str:
-  """The platform of the mesh being traced for (so a TPU topology compiled on a CPU host counts as TPU)."""
-  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
-  return device.platform if device is not None else jax.default_backend()
+platform = matmul.platform  # the platform of the mesh being traced for (a TPU topology on a CPU host: TPU)
 
 
 def choose(implementation: str, q, k, mask, bias, dropout: bool, where: str = 'model.attention') -> str:

@@ -20,7 +20,30 @@ import jax
 import jax.numpy as jnp
 
 
+def platform() -> str:
+  """The platform of the mesh being traced for (so a TPU topology compiled on a CPU host counts as TPU)."""
+  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+  """Whether this host's CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later; Linux's cpuinfo flags)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      return any(line.startswith('flags') and 'amx_bf16' in line.split() for line in f)
+  except OSError:
+    return False
+
+
 def _einsum(spec, a, b):
+  """float32 accumulation. On a CPU without AMX, bfloat16 operands are widened to float32 first: the products of
+  two bfloat16 numbers are exact in float32, so this is the same contraction, and XLA:CPU runs float32 matmuls
+  faster there (measured on a 2-core Xeon with AVX512-BF16 but no AMX: 2048^3 at 181 GFLOP/s widened against 151;
+  a 4-layer 512-wide GPT step at 16 x 256 in 0.70-0.75x the time). With AMX, bfloat16 runs about 4x float32
+  (JAX_NOTES) and stays."""
+  if a.dtype != jnp.float32 and platform() == 'cpu' and not cpu_has_amx():
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
