@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,9 @@ def command(workdir, steps: int, tokenizer: str = 'train', extra=()) -> list[str
 
 
 def environment() -> dict:
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
+  """2 simulated CPU devices, tiny-model compile settings, and the XLA flags already set here (the tests' own)."""
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', os.environ.get('XLA_FLAGS', ''))
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {flags}'.strip(), JAX_PLATFORMS='cpu',
               JAX_DISABLE_MOST_OPTIMIZATIONS='1', JAX_DEFAULT_MATMUL_PRECISION='highest')
 
 

@@ -33,10 +33,7 @@ def run_notebook(name, tmp_path, **parameters):
 
 @pytest.fixture(autouse=True)
 def _kernel_env(monkeypatch):
-  # the kernel inherits these: 8 simulated CPU devices, tiny-model compile settings
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+  # the kernel inherits conftest.py's environment (8 simulated CPU devices, tiny-model compile settings) and this
   monkeypatch.setenv('MPLBACKEND', 'Agg')
 
 

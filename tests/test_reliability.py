@@ -206,7 +206,7 @@ BAD_FLAGS = [
 @pytest.mark.slow
 @pytest.mark.parametrize('flags,message', BAD_FLAGS, ids=[f[0].split('=')[0][9:] for f, _ in BAD_FLAGS])
 def test_train_py_mistakes_are_one_message_without_a_traceback(flags, message, tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  env = dict(os.environ)  # conftest.py's JAX settings: 8 simulated devices
   env.pop('ZOO_DEBUG', None)
   proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), f'--config={ROOT}/configs/gpt.py:tiny',
                          f'--workdir={tmp_path}', *flags], env=env, capture_output=True, text=True, timeout=120)

@@ -105,9 +105,7 @@ def test_parallelisms_and_accumulation_give_the_same_losses(tokenizer_path, tmp_
 
 
 def _run_cli(workdir, tokenizer_path, steps, extra=()):
-  # the same JAX settings as this process (conftest.py), so the two compile the same programs
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1', JAX_DEFAULT_MATMUL_PRECISION='highest')
+  env = dict(os.environ)  # the same JAX settings as this process (conftest.py), so the two compile the same programs
   args = [sys.executable, str(ROOT / 'train.py'), '--config=' + str(ROOT / 'configs/gpt.py') + ':tiny',
           f'--workdir={workdir}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
           '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.log.every=1',
@@ -206,7 +204,7 @@ def _two_processes(tmp_path, tokenizer_path, signal_at=None):
     port = s.getsockname()[1]
   procs = []
   for pid in range(2):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+    env = dict(os.environ, XLA_FLAGS=os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=4'))
     args = [sys.executable, str(ROOT / 'train.py'), '--config=' + str(ROOT / 'configs/gpt.py') + ':tiny',
             f'--workdir={tmp_path}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
             '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.train.steps=12',
