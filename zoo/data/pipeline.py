@@ -235,12 +235,17 @@ def _rows(docs: Sequence[str], *, tokenizer: tk.Tokenizer, seed: int, offset: in
   return it
 
 
+# No reading threads: for data already in memory. grain's default (16 threads, 500 elements ahead) suits documents
+# read from storage (TFDS array_record); for documents in memory the threads only contend for the GIL (grain's
+# advice: no threads), with the packing and with the main thread's tracing of the step. Without them
+# benchmarks/input_pipeline.py packed the default corpus 1.1-1.2x (concat), 2-4x (first_fit) and 2-6x (pad) as fast
+# on 2 busy cores, a mixture of 1-3-word documents 4x, and a fine-tuning run of a tiny GPT traced its step in 0.5 s
+# instead of 5 s; the batches and the iterator state are the same.
+IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
 def _read_options(docs: Sequence[str]) -> grain.ReadOptions | None:
-  """grain's reading threads (16, 500 elements ahead) suit documents read from storage (TFDS array_record); for
-  documents already in memory they only contend for the GIL (grain's advice: no threads). Without them
-  benchmarks/input_pipeline.py packed the default corpus 1.1-1.2x (concat), 2-4x (first_fit) and 2-6x (pad) as
-  fast on 2 busy cores, and a mixture of 1-3-word documents 4x; the batches and the iterator state are the same."""
-  return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if isinstance(docs, (list, tuple)) else None
+  return IN_MEMORY if isinstance(docs, (list, tuple)) else None
 
 
 def _pad_batch(batch_size: int, seq_len: int):

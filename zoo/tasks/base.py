@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from zoo.data import pipeline
 from zoo.objectives.base import Objective
 
 
@@ -91,7 +92,7 @@ def dataset(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int, shuffl
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
-  return ds.to_iter_dataset()
+  return ds.to_iter_dataset(read_options=pipeline.IN_MEMORY)  # rows in memory: no reading threads
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
