@@ -20,13 +20,16 @@ def _fast_compile_flags() -> str:
   except metadata.PackageNotFoundError:
     return ''
   known = _CACHE / f'xla-flags-{version}.txt'
-  if not known.exists():
-    env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS='cpu')
-    ok = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], env=env, capture_output=True,
-                        timeout=120).returncode == 0
-    _CACHE.mkdir(exist_ok=True)
-    known.write_text(flag if ok else '')
-  return known.read_text()
+  try:
+    if not known.exists():
+      env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS='cpu')
+      ok = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], env=env, capture_output=True,
+                          timeout=120).returncode == 0
+      _CACHE.mkdir(exist_ok=True)
+      known.write_text(flag if ok else '')
+    return known.read_text()
+  except (OSError, subprocess.SubprocessError):  # no answer: XLA's defaults
+    return ''
 
 
 if 'XLA_FLAGS' not in os.environ:
