@@ -10,8 +10,8 @@ _CACHE = pathlib.Path(__file__).resolve().parent / '.jax_cache'
 
 
 def _fast_compile_flags() -> str:
-  """XLA:CPU's loop emitters compile the tests' tiny programs in about 0.7x the time of its fusion emitters
-  (jaxlib 0.10: 7.0 vs 10.2 s for a tiny BERT and GPT run); later jaxlibs dropped the flag, and XLA aborts on a
+  """XLA:CPU's loop emitters compile the tests' tiny programs in 0.6-0.7x the time of its fusion emitters
+  (jaxlib 0.10: 7.0 vs 10.2 s for a tiny BERT and GPT run, 541 vs 870 worker-seconds for a cold suite); later jaxlibs dropped the flag, and XLA aborts on a
   flag it does not know: a child process tries it, once per jaxlib version."""
   from importlib import metadata
   flag = '--xla_cpu_use_fusion_emitters=false'
