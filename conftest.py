@@ -150,3 +150,14 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return (0, _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST))
   items.sort(key=order)
+
+
+def pytest_collection_finish(session):
+  """Python's cyclic collector walked every object the imports made (jax, flax, optax, orbax, the test modules)
+  hundreds of times per test as tracing allocated: 4-5% of a worker's time. Those objects move to a permanent
+  generation, and a young collection waits for 50,000 allocations instead of 700 (0.4 s -> 0.08 s of collection
+  in a tiny GPT run)."""
+  import gc
+  gc.collect()
+  gc.freeze()
+  gc.set_threshold(50_000, 50, 100)
