@@ -40,8 +40,8 @@ def _kernel_env(monkeypatch):
 @pytest.mark.slow
 def test_pretrain_then_restore_and_sample(tmp_path):
   workdir = str(tmp_path / 'gpt')
-  pre = run_notebook('pretrain', tmp_path, STEPS=40, BATCH=16, SEQ_LEN=64, WORKDIR=workdir)
-  assert pre['devices'] == 8 and pre['last_loss'] < pre['first_loss'] - 0.5, pre
+  pre = run_notebook('pretrain', tmp_path, STEPS=24, BATCH=16, SEQ_LEN=32, WORKDIR=workdir)
+  assert pre['devices'] == 8 and pre['last_loss'] < pre['first_loss'] - 0.5, pre  # seen 1.2
   ev = run_notebook('evaluate_and_sample', tmp_path, WORKDIR=workdir, DEVICES=1, MAX_NEW=12)
   assert ev['devices'] == 1  # trained on 8 devices, restored onto 1
   assert ev['restored_loss'] == pytest.approx(ev['recorded_loss'], rel=1e-5)
