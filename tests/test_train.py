@@ -196,6 +196,10 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
       (c[section] if section else c)[field] = value
     with pytest.raises(ValueError, match=message):
       train.build(c, str(tmp_path))
+  # the mesh is checked before a tokenizer is trained: the mistake is reported at once, and nothing is written
+  with pytest.raises(ValueError, match=r'mesh.data x mesh.fsdp x mesh.tensor = 3'):
+    train.build(recipe('gpt', 'train', **{'mesh.data': 3}), str(tmp_path / 'fresh'))
+  assert not (tmp_path / 'fresh' / 'tokenizer.model').exists()
   # an unknown override on the command line names the field
   proc = _run_cli(tmp_path / 'x', tokenizer_path, 1, extra=['--config.model.hiddne=3'])
   out, _ = proc.communicate(timeout=120)

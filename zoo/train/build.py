@@ -143,6 +143,9 @@ def build(config, workdir: str, devices=None) -> Run:
   """
   config = finetune.prepare_config(config)
   config_lib.check(config, jax.process_count())
+  # the mesh and the batch's split over it are checked before a tokenizer is trained (seconds on the default corpus,
+  # minutes on a real one): a mistake there is reported at once
+  placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config, devices)
   tok = load_tokenizer(config, workdir)
   m = config.model
   family = models.get_family(m.family)
@@ -176,7 +179,6 @@ def build(config, workdir: str, devices=None) -> Run:
     frozen = finetune.frozen_mask(shapes, adapters)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps, frozen)
 
-  placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config, devices)
   boxed = jax.eval_shape(state_lib.init_fn(model, objective, tx, example), jax.random.key(0))  # shapes only
   abstract = nn.unbox(boxed)
   shardings = placement.state_shardings(boxed, abstract, tx, tuple(config.mesh.rules))
