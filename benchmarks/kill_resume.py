@@ -57,13 +57,14 @@ def _writing(workdir) -> bool:
   return os.path.isdir(checkpoints) and any('tmp' in d for d in os.listdir(checkpoints))
 
 
-def killed_run(workdir, steps: int, kills: int, rng: random.Random, tokenizer: str = 'train') -> dict:
-  """Run, kill -9 `kills` times at random moments after the first logged step, rerun until finished."""
+def killed_run(workdir, steps: int, kills: int, rng: random.Random, tokenizer: str = 'train', extra=()) -> dict:
+  """Run, kill -9 `kills` times at random moments after the first logged step, rerun until finished (extra: more
+  train.py flags)."""
   env, done, interrupted_writes, runs = environment(), 0, 0, 0
   while True:
     runs += 1
     before = _logged_steps(workdir)
-    proc = subprocess.Popen(command(workdir, steps, tokenizer), env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command(workdir, steps, tokenizer, extra), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if done < kills:
       wait_for = before + rng.randint(1, 4)  # a few steps into this attempt
