@@ -23,7 +23,7 @@ from zoo.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.test_train import final_params, recipe  # noqa: E402
+from tests.test_train import ONE_LAYER, final_params, recipe  # noqa: E402
 
 
 def small_run(tokenizer_path, **overrides):
@@ -222,7 +222,7 @@ def test_kill_9_at_random_moments_resumes_to_the_losses_of_an_uninterrupted_run(
   import random
   sys.path.insert(0, str(ROOT / 'benchmarks'))
   import kill_resume
-  steps, one_layer = 10, ('--config.model.num_layers=1',)  # what is saved and restored has every kind of array
+  steps, one_layer = 10, (ONE_LAYER,)  # what is saved and restored has every kind of array
   once = subprocess.run(kill_resume.command(tmp_path / 'once', steps, tokenizer_path, one_layer),
                         env=kill_resume.environment(), capture_output=True, text=True, timeout=300)
   assert once.returncode == 0, once.stdout + once.stderr

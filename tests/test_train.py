@@ -24,15 +24,19 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def recipe(name, tokenizer_path, layers=1, **overrides):
-  """configs/<name>.py's tiny size with this suite's data and logging, every stack `layers` deep: one layer
-  traces, lowers and compiles in about half the time of the tiny size's two (tiny GPT's step 1.6 -> 0.9 s, BART's
-  3.7 -> 1.8 s), and what these tests check (learning, equal losses across layouts and resumptions) holds at any
-  depth."""
+# One layer per stack, here and in the train.py runs these tests compare with (ONE_LAYER): a step of one layer
+# traces, lowers and compiles in about half the time of the tiny size's two (tiny GPT's step 1.6 -> 0.9 s, BART's
+# 3.7 -> 1.8 s), and what these tests check (learning, equal losses across layouts and resumptions) holds at any
+# depth.
+ONE_LAYER = '--config.model.num_layers=1'
+
+
+def recipe(name, tokenizer_path, **overrides):
+  """configs/<name>.py's tiny size with this suite's data and logging, one layer per stack."""
   c = importlib.import_module(f'configs.{name}').get_config('tiny')
   for field in ('num_layers', 'num_encoder_layers', 'num_decoder_layers'):
     if field in c.model:
-      c.model[field] = layers
+      c.model[field] = 1
   c.data.tokenizer = tokenizer_path
   c.data.vocab_size = 1000
   c.train.seq_len = 64
@@ -117,7 +121,7 @@ def _run_cli(workdir, tokenizer_path, steps, extra=()):
           f'--workdir={workdir}', f'--config.data.tokenizer={tokenizer_path}', '--config.data.vocab_size=1000',
           '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.log.every=1',
           '--config.log.tensorboard=False', f'--config.train.steps={steps}', '--config.optimizer.decay_steps=20',
-          '--config.checkpoint.every=10', '--config.train.eval_batches=1', '--config.model.num_layers=1', *extra]
+          '--config.checkpoint.every=10', '--config.train.eval_batches=1', ONE_LAYER, *extra]
   return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -221,7 +225,7 @@ def _two_processes(tmp_path, tokenizer_path, signal_at=None):
             '--config.train.seq_len=64', '--config.train.batch_size=16', '--config.train.steps=12',
             '--config.log.every=1', '--config.log.tensorboard=False', '--config.train.eval_batches=1',
             '--config.mesh.data=4', '--config.mesh.fsdp=2', '--config.model.dropout_rate=0.0',
-            '--config.model.num_layers=1',
+            ONE_LAYER,
             f'--config.distributed.coordinator_address=localhost:{port}',
             '--config.distributed.num_processes=2', f'--config.distributed.process_id={pid}']
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
