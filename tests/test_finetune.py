@@ -63,7 +63,9 @@ def test_pretrained_weights_arrive_bit_for_bit(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_classification_from_checkpoint_beats_majority(pretrained, tmp_path):
-  metrics = train.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 60}),
+  # the accuracy leaves the majority class in a jump: by step 100 at 0.985-0.99 for seeds 0-3 (at step 60, one seed
+  # of four had jumped)
+  metrics = train.train_and_evaluate(finetune_config('classification', pretrained, **{'train.steps': 100}),
                                        str(tmp_path / 'cls'))
   assert metrics['accuracy'] > metrics['majority_accuracy'] + 0.2, metrics
   assert 0.0 <= metrics['f1'] <= 1.0 and metrics['examples'] == 200
@@ -82,10 +84,12 @@ def test_tagging_beats_all_o(pretrained, tmp_path):
 def test_adapters_train_only_themselves(tmp_path, kind):
   """SFT of a GPT whose base is frozen: only the adapters train (no head), so a falling loss is their doing."""
   workdir = str(tmp_path / kind)
-  # prefix keys/values act through the attention's output projection, which starts at GPT-2's 0.02 / sqrt(2 layers)
-  cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40 if kind == 'lora' else 80, 'train.seq_len': 24,
-                                               'data.vocab_size': 1000,
-                                               'mesh.devices': 2})
+  # prefix keys/values act through the frozen attention output projection, which starts at GPT-2's
+  # 0.02 / sqrt(2 layers): a high rate moves them (at 3e-2, seeds 0-2 lower the loss by 0.19-0.32 in 60 steps; at
+  # the default 2e-3, by 0.13-0.19 in 80)
+  prefix = {'train.steps': 60, 'optimizer.learning_rate': 3e-2, 'optimizer.warmup_steps': 5}
+  cfg = finetune_config(f'sft,{kind}', '', **{'train.steps': 40, 'train.seq_len': 24, 'data.vocab_size': 1000,
+                                               'mesh.devices': 2, **(prefix if kind == 'prefix' else {})})
   config_lib.set_model(cfg, 'gpt', 'tiny')
   run = train.build(cfg, workdir)
   initial = traverse_util.flatten_dict(jax.device_get(train.init_state(run).params))
@@ -101,7 +105,8 @@ def test_adapters_train_only_themselves(tmp_path, kind):
   assert opt_sizes == 2 * n
   metrics = train.train_and_evaluate(cfg, workdir)
   rows = [r for r in _metrics(workdir) if 'loss' in r and 'eval_loss' not in r]
-  assert rows[-1]['loss'] < rows[0]['loss'] - 0.15, rows  # the adapters alone lower the loss
+  last = np.mean([r['loss'] for r in rows[-3:]])  # the last three logged losses (every 5 steps): less noisy
+  assert last < rows[0]['loss'] - 0.15, rows  # the adapters alone lower the loss
   after = _restore_all(workdir)
   base = {k: v for k, v in after.items() if not ad_lib.is_adapter(k)}
   assert len(base) == len(initial) - len(trainable) > 20
@@ -323,3 +328,14 @@ def test_task_rows_are_read_without_threads():
   firsts = [b['tokens'][:, 0] // 4 for b in batches]
   assert sorted(np.concatenate(firsts[:4])) == list(range(16)) == sorted(np.concatenate(firsts[4:]))
   assert not np.array_equal(np.concatenate(firsts[:4]), np.concatenate(firsts[4:]))
+  state = it.get_state()  # a restored iterator goes on with the same batches
+  later = [next(it)['tokens'] for _ in range(3)]
+  again = iter(base.dataset(arrays, 4, seed=0))
+  again.set_state(state)
+  np.testing.assert_array_equal(np.stack([next(again)['tokens'] for _ in range(3)]), np.stack(later))
+  # each process reads its own rows; a finite run ends after its epochs, every row once per epoch, in order
+  halves = [list(base.dataset(arrays, 2, seed=0, num_epochs=1, shard_index=i, shard_count=2)) for i in (0, 1)]
+  assert [len(h) for h in halves] == [4, 4]
+  assert sorted(np.concatenate([b['tokens'][:, 0] // 4 for b in halves[0]])) == list(range(0, 16, 2))
+  ordered = list(base.dataset(arrays, 4, seed=0, shuffle=False, num_epochs=2))
+  assert [b['tokens'][0, 0] // 4 for b in ordered] == [0, 4, 8, 12] * 2
