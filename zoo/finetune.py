@@ -80,6 +80,13 @@ def make_adapters(config) -> adapters_lib.Adapters | None:
   return ad if ad.active else None
 
 
+def check_task_family(config, family: str) -> None:
+  """Refuse a task that does not fine-tune model.family (build asks before a tokenizer is trained)."""
+  task = tasks.TASKS.get(config.task.name)
+  if task is not None:
+    registry.check_family(task, family, f'task.name={config.task.name!r}', 'fine-tunes')
+
+
 def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task, dict]:
   """The task object (labels read from the training set) and its records {'train': [...], 'validation': [...]}."""
   t = config.task
@@ -94,7 +101,7 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
     fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
   task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
                     seq_len=config.train.seq_len, **fields)
-  registry.check_family(task, family, f'task.name={t.name!r}', 'fine-tunes')
+  check_task_family(config, family)
   data_dir = t.data_dir or None
   records = {'train': tasks.read_records(t.train, field='task.train', data_dir=data_dir, default_split='train')}
   records['validation'] = (tasks.read_records(t.validation, field='task.validation', data_dir=data_dir,
