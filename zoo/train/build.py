@@ -143,8 +143,8 @@ def build(config, workdir: str, devices=None) -> Run:
   """
   config = finetune.prepare_config(config)
   config_lib.check(config, jax.process_count())
-  # the mesh, the batch's split over it and the task's family are checked before a tokenizer is trained (seconds on the default corpus,
-  # minutes on a real one): a mistake there is reported at once
+  # the mesh, the batch's split over it and the task's family are checked before a tokenizer is trained (seconds
+  # on the default corpus, minutes on a real one): a mistake there is reported at once
   placement = pmap_lib.Pmap(config) if config.parallelism == 'pmap' else placement_lib.Jit(config, devices)
   if config.task.name:
     finetune.check_task_family(config, config.model.family)
