@@ -22,6 +22,7 @@ from zoo.tasks import demo, qa
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.test_train import one_layer_per_stack  # noqa: E402
 
 
 @pytest.fixture
@@ -240,9 +241,7 @@ def test_sft_then_generate_reproduces_a_copy_task(family, tokenizer_path, tmp_pa
   # that attends to what followed it), where an encoder-decoder's cross-attention reads the source directly and an
   # RNN carries it in its state
   if family not in ('gpt', 'glm'):
-    for field in ('num_layers', 'num_encoder_layers', 'num_decoder_layers'):
-      if field in c.model:
-        c.model[field] = 1
+    one_layer_per_stack(c)
   workdir = str(tmp_path / family)
   train.train_and_evaluate(c, workdir)
   loaded = zoo_api.load(workdir, devices=1)

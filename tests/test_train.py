@@ -31,12 +31,17 @@ sys.path.insert(0, str(ROOT))
 ONE_LAYER = '--config.model.num_layers=1'
 
 
-def recipe(name, tokenizer_path, **overrides):
-  """configs/<name>.py's tiny size with this suite's data and logging, one layer per stack."""
-  c = importlib.import_module(f'configs.{name}').get_config('tiny')
+def one_layer_per_stack(c):
+  """Set every stack of the config's model (layers, encoder, decoder) to one layer."""
   for field in ('num_layers', 'num_encoder_layers', 'num_decoder_layers'):
     if field in c.model:
       c.model[field] = 1
+
+
+def recipe(name, tokenizer_path, **overrides):
+  """configs/<name>.py's tiny size with this suite's data and logging, one layer per stack."""
+  c = importlib.import_module(f'configs.{name}').get_config('tiny')
+  one_layer_per_stack(c)
   c.data.tokenizer = tokenizer_path
   c.data.vocab_size = 1000
   c.train.seq_len = 64
