@@ -38,19 +38,26 @@ def test_load_on_one_device_gives_the_recorded_eval_loss(gpt_workdir):
 
 @functools.lru_cache
 def _forward(model):
-  """The model's forward pass, compiled (a program per length, instead of each op dispatched on its own)."""
+  """The model's forward pass, compiled once: every call gets a row of _ROW ids."""
   return jax.jit(lambda params, ids: model.apply({'params': params}, ids))
+
+
+_ROW = 16  # longer than any prompt here plus what it generates
 
 
 def _greedy_by_full_passes(loaded, prompt, max_new):
   """The reference: greedy decoding by whole forward passes (no cache) over the tokenizer's ids, up to [EOS],
-  decoded with the prompt."""
+  decoded with the prompt. Each pass reads a row of fixed length (one compilation): a causal model's output at
+  t ignores what follows t, so the padding after the ids so far changes nothing."""
   tok = loaded.tokenizer
   ids = tok.encode(prompt)
   assert tok.decode(ids) == prompt  # the prompt round-trips, so prompt + continuation is this decoding
+  assert len(ids) + max_new <= _ROW
   for _ in range(max_new):
-    logits = _forward(loaded.model)(loaded.params, jnp.asarray([ids]))
-    nxt = int(jnp.argmax(logits[0, -1, :tok.vocab_size]))
+    row = np.zeros((1, _ROW), np.int32)
+    row[0, :len(ids)] = ids
+    logits = _forward(loaded.model)(loaded.params, jnp.asarray(row))
+    nxt = int(jnp.argmax(logits[0, len(ids) - 1, :tok.vocab_size]))
     if nxt == tk.EOS:
       break
     ids.append(nxt)

@@ -181,7 +181,7 @@ def test_decoder_only_models_are_causal(family, kw):
   model = tiny(family, **kw)
   tokens = toks(1, 2, 10)
   v = init(model, tokens=tokens)
-  assert_causal(jax.jit(lambda x: apply(model, v, x)), tokens, 4)
+  assert_causal(lambda x: apply(model, v, x), tokens, 4)
 
 
 @pytest.mark.parametrize('family', ['t5'] + [pytest.param(f, marks=pytest.mark.slow)
@@ -190,7 +190,7 @@ def test_encoder_decoder_decoders_are_causal(family):
   model = tiny(family)
   src, tgt = toks(1, 2, 7), toks(2, 2, 9)
   v = init(model, tokens=src, decoder_tokens=tgt)
-  assert_causal(jax.jit(lambda y: apply(model, v, src, y)), tgt, 3)
+  assert_causal(lambda y: apply(model, v, src, y), tgt, 3)
   # and the decoder sees the source
   assert not close(apply(model, v, src, tgt), apply(model, v, src.at[:, 2].set(src[:, 2] % (V - 1) + 1), tgt))
 
@@ -201,7 +201,7 @@ def test_glm_sees_part_a_bidirectionally_and_part_b_causally():
   tokens = toks(1, 2, n)
   context = jnp.full((2,), ctx)
   v = init(model, tokens=tokens, context_length=context)
-  fn = jax.jit(lambda x: apply(model, v, x, context_length=context))
+  fn = lambda x: apply(model, v, x, context_length=context)  # noqa: E731
   base = fn(tokens)
   t = ctx + 2  # change part B after t
   later = fn(tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 7) % (V - 1) + 1))
