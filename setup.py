@@ -26,6 +26,11 @@ INSTALL_REQUIRES = [
 PARITY = ['torch>=2.13,<2.14; python_version=="3.11"', 'transformers>=5.23; python_version=="3.11"',
           'tokenizers>=0.23; python_version=="3.11"']
 
+# The suite starts about 40 Python processes (xdist workers, train.py runs, notebook kernels, data workers), and
+# each imports ml_dtypes with jax: 0.85-1.0 s for ml_dtypes 0.7.0 under Python 3.11 (registering its numpy ufunc
+# loops is quadratic there; numpy 2.5, Python 3.12 only, is not), 0.09 s for 0.6.0. Only the tests pin it.
+FAST_IMPORT = ['ml_dtypes>=0.5,<0.7; python_version<"3.12"']
+
 setup(
     name='zoo',
     version='0.1.0',
@@ -42,7 +47,7 @@ setup(
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
         'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23'],  # HF tokenizers; .bin weights (weights only)
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1', 'jax[tpu]>=0.10.2',  # libtpu: train.py --aot
-                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'] + PARITY,  # the colab/ notebooks run
+                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'] + PARITY + FAST_IMPORT,  # the colab/ notebooks run
     },
     license='Apache-2.0',
 )
