@@ -47,7 +47,8 @@ setup(
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
         'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23'],  # HF tokenizers; .bin weights (weights only)
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1', 'jax[tpu]>=0.10.2',  # libtpu: train.py --aot
-                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'] + PARITY + FAST_IMPORT,  # the colab/ notebooks run
+                 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',  # the colab/ notebooks run
+                 ] + PARITY + FAST_IMPORT,
     },
     license='Apache-2.0',
 )
