@@ -27,8 +27,9 @@ PARITY = ['torch>=2.13,<2.14; python_version=="3.11"', 'transformers>=5.23; pyth
           'tokenizers>=0.23; python_version=="3.11"']
 
 # The suite starts about 40 Python processes (xdist workers, train.py runs, notebook kernels, data workers), and
-# each imports ml_dtypes with jax: 0.85-1.0 s for ml_dtypes 0.7.0 under Python 3.11 (registering its numpy ufunc
-# loops is quadratic there; numpy 2.5, Python 3.12 only, is not), 0.09 s for 0.6.0. Only the tests pin it.
+# each imports ml_dtypes with jax: 0.85-1.0 s for ml_dtypes 0.7.0 under Python 3.11 (numpy before 2.5 compares each
+# new ufunc loop with every loop registered before it; numpy 2.5 needs Python 3.12), 0.09 s for 0.6.0. Only the
+# tests pin it; zoo itself does not.
 FAST_IMPORT = ['ml_dtypes>=0.5,<0.7; python_version<"3.12"']
 
 setup(

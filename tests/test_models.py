@@ -201,7 +201,9 @@ def test_glm_sees_part_a_bidirectionally_and_part_b_causally():
   tokens = toks(1, 2, n)
   context = jnp.full((2,), ctx)
   v = init(model, tokens=tokens, context_length=context)
-  fn = lambda x: apply(model, v, x, context_length=context)  # noqa: E731
+
+  def fn(x):
+    return apply(model, v, x, context_length=context)
   base = fn(tokens)
   t = ctx + 2  # change part B after t
   later = fn(tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 7) % (V - 1) + 1))

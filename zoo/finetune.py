@@ -90,6 +90,7 @@ def check_task_family(config, family: str) -> None:
 def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task, dict]:
   """The task object (labels read from the training set) and its records {'train': [...], 'validation': [...]}."""
   t = config.task
+  check_task_family(config, family)
   if not t.train:
     raise ValueError(f'task.name={t.name!r} needs task.train: tsv:<path>, csv:<path>, jsonl:<path> or '
                      f'tfds:<name>[:<split>]')
@@ -101,7 +102,6 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
     fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
   task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
                     seq_len=config.train.seq_len, **fields)
-  check_task_family(config, family)
   data_dir = t.data_dir or None
   records = {'train': tasks.read_records(t.train, field='task.train', data_dir=data_dir, default_split='train')}
   records['validation'] = (tasks.read_records(t.validation, field='task.validation', data_dir=data_dir,
