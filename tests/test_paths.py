@@ -117,6 +117,34 @@ def test_workdir_files_on_gs(gcs, monkeypatch):
   assert len(events) == 1 and events[0].name.startswith('events.out.tfevents') and events[0].stat().st_size > 100
 
 
+def test_tensorboard_event_files_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when it is installed (2-3 s, as on Colab); zoo's writer does not, and a process
+  that imports torch later gets it. The event file holds the scalars (read back by its record framing)."""
+  import struct
+  import sys
+  ours = lambda k: k == 'torch' or k.startswith(('torch.', 'tensorboardX'))  # noqa: E731
+  saved = {k: sys.modules.pop(k) for k in list(sys.modules) if ours(k)}  # as in a fresh process; put back below
+  try:
+    writer = MetricWriter(str(tmp_path), tensorboard=True)
+    assert 'tensorboardX' in sys.modules and 'torch' not in sys.modules
+    writer.write(1, {'loss': 2.5})
+    writer.write(2, {'loss': 2.0, 'note': 'text'})
+    writer.close()
+    from tensorboardX.proto import event_pb2
+  finally:
+    for k in [k for k in sys.modules if ours(k)]:
+      del sys.modules[k]
+    sys.modules.update(saved)
+  data = next((tmp_path / 'tensorboard').glob('events.out.tfevents.*')).read_bytes()
+  scalars = []
+  while data:
+    (n,) = struct.unpack('<Q', data[:8])
+    event = event_pb2.Event.FromString(data[12:12 + n])
+    scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    data = data[12 + n + 4:]
+  assert scalars == [(1, 'loss', 2.5), (2, 'loss', 2.0)]
+
+
 def test_checkpoints_and_lock_on_gs(gcs, caplog):
   for step in (3, 7):
     (gcs.root / f'bucket/wd/checkpoints/{step}/state').mkdir(parents=True)

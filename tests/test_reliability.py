@@ -184,6 +184,21 @@ def test_user_errors_are_one_line_and_library_bugs_keep_their_traceback():
       'stpes: Did you mean "steps" instead of "stpes"?')
 
 
+def test_zoo_log_lines_go_to_the_stderr_of_the_moment():
+  """quiet_logs' handler writes where sys.stderr points when a line is logged: a stream it saw before may have
+  been replaced and closed since (a notebook cell's, redirect_stderr's, pytest's capsys)."""
+  import contextlib
+  import io
+  import logging
+  with contextlib.redirect_stderr(io.StringIO()) as first:
+    cli.quiet_logs()
+    logging.getLogger('zoo').warning('one')
+  first.close()
+  with contextlib.redirect_stderr(io.StringIO()) as second:
+    logging.getLogger('zoo').warning('two')
+    assert second.getvalue() == 'two\n'
+
+
 def _raised(fn) -> BaseException:
   try:
     fn()

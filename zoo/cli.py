@@ -61,11 +61,25 @@ def guard(fn, *args, **kwargs):
     fail(clean_message(e))
 
 
+class _Stderr(logging.StreamHandler):
+  """A handler that writes to sys.stderr as it is at each record, not as it was when the handler was made: a
+  notebook cell, contextlib.redirect_stderr or pytest's capsys may replace it, and closes what it replaced
+  (writing there printed logging's own traceback instead of the line)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value  # StreamHandler.__init__ and setStream assign it: always the current sys.stderr
+
+
 def quiet_logs(verbosity: int | None = None) -> None:
   """zoo's own log lines plain on stderr at INFO; other libraries' INFO lines only from --verbosity=info up."""
   zoo_log = logging.getLogger('zoo')
   if not any(getattr(h, '_zoo', False) for h in zoo_log.handlers):
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter('%(message)s'))
     handler._zoo = True
     zoo_log.addHandler(handler)
