@@ -140,25 +140,24 @@ class _EpathEventFiles:
     paths.path(path).mkdir(parents=True, exist_ok=True)
 
 
-def summary_writer_class():
+def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch whenever it is installed (as
   on Colab) only to accept torch tensors, which zoo never passes: that import took 2-3 s of a run's start (and
   torch's memory). A process that has imported torch already keeps it.
 
   >>> import sys
-  >>> summary_writer_class().__name__, 'torch' in sys.modules and sys.modules['torch'] is None
+  >>> _summary_writer_class().__name__, 'torch' in sys.modules and sys.modules['torch'] is None
   ('SummaryWriter', False)
   """
   import sys
-  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+  block = 'torch' not in sys.modules
+  if block:  # `import torch` raises ImportError, which tensorboardX expects when torch is absent
+    sys.modules['torch'] = None
   try:
     from tensorboardX import SummaryWriter
   finally:
-    if 'torch' in sys.modules and sys.modules['torch'] is None:
-      del sys.modules['torch']
+    if block:
+      sys.modules.pop('torch', None)
   return SummaryWriter
 
 
@@ -177,7 +176,7 @@ class MetricWriter:
       self._rows = paths.path(self.path).read_text() if paths.path(self.path).exists() else ''
     self.tb = None
     if self.active and tensorboard:
-      SummaryWriter = summary_writer_class()
+      SummaryWriter = _summary_writer_class()
       if not self.local:
         from tensorboardX import record_writer
         record_writer.register_writer_factory(str(workdir).split(':', 1)[0], _EpathEventFiles())
