@@ -41,7 +41,7 @@ import grain
 import grain.experimental as ge
 import numpy as np
 
-from zoo.data import mixture
+from zoo.data import mixture, prepared
 from zoo.data import tokenizer as tk
 
 PACKINGS = ('concat', 'first_fit', 'pad')
@@ -76,6 +76,40 @@ class Tokenize:
     if index is not None:
       out['document_ids'] = np.full(len(ids), index + 1, np.int32)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FromTokens:
+  """A prepared document ({'tokens', flags}: `zoo.data.prepared`) -> the features Tokenize gives."""
+  add_eos: bool = True
+  sentences: bool = False
+  word_segmenter: str = ''
+
+  def __call__(self, element: dict | tuple[int, dict]) -> dict:
+    index = None
+    if isinstance(element, tuple):
+      index, element = element
+    end = [np.int32(tk.EOS)] if self.add_eos else []
+    out = {'tokens': np.concatenate([element['tokens'], end]).astype(np.int32)}
+    n = len(out['tokens'])
+    if self.sentences:  # the first token opens sentence 1; [EOS] opens none, so it joins the last
+      out['sentence_ids'] = np.cumsum(np.concatenate([element['sentence_starts'], [0] * len(end)]), dtype=np.int32)
+    if self.word_segmenter:  # [EOS] is a word of its own
+      out['word_starts'] = np.concatenate([element['word_starts'], [1] * len(end)]).astype(np.int32)
+    if index is not None:
+      out['document_ids'] = np.full(n, index + 1, np.int32)
+    return out
+
+
+def _check_features(docs, sentences: bool, word_segmenter: str) -> None:
+  """A prepared corpus holds the flags an objective needs, or says how to make them."""
+  if not isinstance(docs, prepared.PreparedSplit):
+    return
+  for feature, wanted, flag in (('sentence_starts', sentences, '--sentences'),
+                                ('word_starts', word_segmenter, f'--word_segmenter={word_segmenter}')):
+    if wanted and feature not in docs.features:
+      raise ValueError(f'data.source=prepared:{docs.directory} was prepared without {feature.replace("_", " ")}, '
+                       f'which this objective needs: prepare it again with {flag}')
 
 
 def _with_index(offset: int, index: int, text: str) -> tuple[int, str]:
@@ -149,7 +183,10 @@ def check_corpus_fits(docs: Sequence[str], tokenizer: tk.Tokenizer, seq_len: int
   need = global_batch * text_len
   if len(docs) > need:  # enough documents of at least one token each
     return
-  tokens = sum(len(tokenizer.encode(d)) + 1 for d in docs)
+  if isinstance(docs, prepared.PreparedSplit):
+    tokens = docs.num_tokens + len(docs)
+  else:
+    tokens = sum(len(tokenizer.encode(d)) + 1 for d in docs)
   rows = len(docs) if packing == 'pad' else math.ceil(tokens / text_len)
   if rows < global_batch or len(docs) < shard_count:
     held = f' ({text_len} tokens of text)' if text_len != seq_len else ''
@@ -209,15 +246,20 @@ def make_dataset(docs: Sequence[str], tokenizer: tk.Tokenizer, *, seq_len: int, 
 def _rows(docs: Sequence[str], *, tokenizer: tk.Tokenizer, seed: int, offset: int = 0, pack_len: int, seq_len: int,
           shuffle: bool, num_epochs: int | None, shard_index: int, shard_count: int, add_eos: bool, sentences: bool,
           word_segmenter: str, packing: str, packing_bins: int) -> grain.IterDataset:
-  """The packed rows (unbatched) of one source's documents; document_ids count from offset + 1."""
+  """The packed rows (unbatched) of one source's documents; document_ids count from offset + 1.
+
+  The documents are shuffled (each epoch anew) and repeated before each process takes every shard_count-th: one
+  global order, whatever the number of processes."""
+  _check_features(docs, sentences, word_segmenter)
   ds = grain.MapDataset.source(docs)
   if sentences:  # before sharding and shuffling: a document's id is its index in docs
     ds = ds.map_with_index(functools.partial(_with_index, offset))
-  ds = ds[shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.map(Tokenize(tokenizer, add_eos, sentences, word_segmenter)).filter(_has_tokens)
+  ds = ds.repeat(num_epochs)[shard_index::shard_count]
+  featurize = (FromTokens(add_eos, sentences, word_segmenter) if isinstance(docs, prepared.PreparedSplit) else
+               Tokenize(tokenizer, add_eos, sentences, word_segmenter))
+  ds = ds.map(featurize).filter(_has_tokens)
   it = ds.to_iter_dataset(read_options=_read_options(docs))
   lengths = {'tokens': pack_len, **({'sentence_ids': pack_len, 'document_ids': pack_len} if sentences else {}),
              **({'word_starts': pack_len} if word_segmenter else {})}
@@ -245,7 +287,8 @@ IN_MEMORY = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def _read_options(docs: Sequence[str]) -> grain.ReadOptions | None:
-  return IN_MEMORY if isinstance(docs, (list, tuple)) else None
+  local = isinstance(docs, prepared.PreparedSplit) and docs.mmap  # memory-mapped: reads cost what memory does
+  return IN_MEMORY if isinstance(docs, (list, tuple)) or local else None
 
 
 def _pad_batch(batch_size: int, seq_len: int):

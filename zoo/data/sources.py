@@ -9,6 +9,8 @@
   tfds:<name>[:<field>]        a TensorFlow Datasets dataset (field 'text' by default), read from
                                data.data_dir through array_record data sources (no TensorFlow needed), or
                                through tf.data when the dataset was prepared as TFRecord and TensorFlow is there
+  prepared:<dir>               token shards `python -m zoo.data.prepare` wrote (`zoo.data.prepared`): read by
+                               index in constant memory, with the tokenizer they were made with
   mix:<source>@<w>,<source>@<w>,...   a weighted mixture of the sources above (zoo.data.mixture): each read
                                and split on its own, packed apart, its rows mixed at the weights
 
@@ -37,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from zoo import paths
-from zoo.data import mixture
+from zoo.data import mixture, prepared
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,14 @@ class Stats:
   bad_json_lines: int = 0  # skipped
   missing_field_lines: int = 0  # skipped
   null_values: int = 0  # Parquet rows without text: skipped
+  tokens: int = 0  # a prepared source's (it has no characters)
 
   def report(self) -> str:
     issues = [f'{v} {k.replace("_", " ")}' for k, v in dataclasses.asdict(self).items()
-              if k not in ('source', 'files', 'documents', 'characters') and v]
-    return (f'{self.source}: {self.documents:,} documents, {self.characters:,} characters from '
-            f'{self.files} file(s)' + (f'; {", ".join(issues)}' if issues else ''))
+              if k not in ('source', 'files', 'documents', 'characters', 'tokens') and v]
+    size = f'{self.tokens:,} tokens' if self.tokens else f'{self.characters:,} characters'
+    return (f'{self.source}: {self.documents:,} documents, {size} from {self.files} file(s)' +
+            (f'; {", ".join(issues)}' if issues else ''))
 
 
 def _glob_uri(pattern: str, field: str) -> list[str]:
@@ -79,7 +83,7 @@ def _glob_uri(pattern: str, field: str) -> list[str]:
   return [os.fspath(p) for p in paths.path('/'.join(parts[:first])).glob(rest) if not p.is_dir()]
 
 
-def _expand(pattern: str, field: str = 'data.source') -> list[str]:
+def expand(pattern: str, field: str = 'data.source') -> list[str]:
   """The files a glob matches, sorted: local ones through glob.glob (`**` recurses), gs://... through epath."""
   if paths.is_local(pattern):
     files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
@@ -98,64 +102,83 @@ def _decode_lines(path: str, stats: Stats) -> list[str]:
     stats.empty_files += 1
     log.warning('%s is empty: skipped', path)
     return []
-  lines = []
-  for line in raw.split(b'\n'):
-    try:
-      lines.append(line.decode('utf-8'))
-    except UnicodeDecodeError:
-      stats.invalid_utf8_lines += 1
-      lines.append(line.decode('utf-8', errors='replace'))
-  return lines
+  return [decode_line(line, stats) for line in raw.split(b'\n')]
+
+
+def pieces(text: str, stats: Stats, max_doc_chars: int) -> list[str]:
+  """A document as zoo keeps it: stripped, nothing if blank, cut into max_doc_chars pieces if longer."""
+  text = text.strip()
+  if not text:
+    return []
+  if len(text) > max_doc_chars:
+    stats.split_long_documents += 1
+    return [text[i:i + max_doc_chars] for i in range(0, len(text), max_doc_chars)]
+  return [text]
 
 
 def _add(docs: list[str], text: str, stats: Stats, max_doc_chars: int) -> None:
-  text = text.strip()
-  if not text:
-    return
-  if len(text) > max_doc_chars:
-    stats.split_long_documents += 1
-    docs.extend(text[i:i + max_doc_chars] for i in range(0, len(text), max_doc_chars))
-  else:
-    docs.append(text)
+  docs.extend(pieces(text, stats, max_doc_chars))
+
+
+def decode_line(line: bytes, stats: Stats) -> str:
+  """UTF-8 text, invalid bytes replaced by U+FFFD (and counted)."""
+  try:
+    return line.decode('utf-8')
+  except UnicodeDecodeError:
+    stats.invalid_utf8_lines += 1
+    return line.decode('utf-8', errors='replace')
+
+
+def json_text(line: str, field: str, stats: Stats) -> str | None:
+  """The text in `field` of one JSON line; None (counted) for a bad line or a record without the field."""
+  if not line.strip():
+    return None
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    stats.bad_json_lines += 1
+    return None
+  if not isinstance(record, dict) or field not in record:
+    stats.missing_field_lines += 1
+    return None
+  return str(record[field])
+
+
+def paragraphs(lines: Sequence[str]):
+  """Blank-line-separated blocks of lines, each joined by newlines (data.text_mode='paragraph')."""
+  block: list[str] = []
+  for line in list(lines) + ['']:
+    if line.strip():
+      block.append(line)
+    elif block:
+      yield '\n'.join(block)
+      block = []
 
 
 def read_text(pattern: str, text_mode: str = 'line', max_doc_chars: int = 100_000) -> tuple[list[str], Stats]:
   if text_mode not in ('line', 'paragraph'):
     raise ValueError(f"data.text_mode must be 'line' or 'paragraph', got {text_mode!r}")
   stats, docs = Stats(source=f'text:{pattern}'), []
-  for path in _expand(pattern):
+  for path in expand(pattern):
     stats.files += 1
     lines = _decode_lines(path, stats)
     if text_mode == 'line':
       for line in lines:
         _add(docs, line, stats, max_doc_chars)
     else:
-      block: list[str] = []
-      for line in lines + ['']:
-        if line.strip():
-          block.append(line)
-        elif block:
-          _add(docs, '\n'.join(block), stats, max_doc_chars)
-          block = []
+      for block in paragraphs(lines):
+        _add(docs, block, stats, max_doc_chars)
   return docs, stats
 
 
 def read_jsonl(pattern: str, field: str, max_doc_chars: int = 100_000) -> tuple[list[str], Stats]:
   stats, docs = Stats(source=f'jsonl:{pattern}:{field}'), []
-  for path in _expand(pattern):
+  for path in expand(pattern):
     stats.files += 1
     for line in _decode_lines(path, stats):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        stats.bad_json_lines += 1
-        continue
-      if not isinstance(record, dict) or field not in record:
-        stats.missing_field_lines += 1
-        continue
-      _add(docs, str(record[field]), stats, max_doc_chars)
+      text = json_text(line, field, stats)
+      if text is not None:
+        _add(docs, text, stats, max_doc_chars)
   if stats.missing_field_lines and not docs:
     raise ValueError(f'data.source: no line of {pattern} has the field {field!r}; name the JSON field that '
                      f'holds the text, as jsonl:<glob>:<field>')
@@ -170,15 +193,16 @@ def read_parquet(pattern: str, column: str, max_doc_chars: int = 100_000,
   """The text in `column` of Parquet files, read one record batch of that column at a time: a big file is
   never loaded whole, and the other columns are not read."""
   stats, docs = Stats(source=f'parquet:{pattern}:{column}'), []
-  for path in _expand(pattern):
+  for path in expand(pattern):
     stats.files += 1
     with paths.path(path).open('rb') as fh:  # pyarrow reads the file object: local or gs://...
-      _read_parquet_file(path, fh, column, stats, docs, max_doc_chars, batch_rows)
+      for text in parquet_texts(path, fh, column, stats, batch_rows):
+        _add(docs, text, stats, max_doc_chars)
   return docs, stats
 
 
-def _read_parquet_file(path: str, fh, column: str, stats: Stats, docs: list[str], max_doc_chars: int,
-                       batch_rows: int) -> None:
+def parquet_texts(path: str, fh, column: str, stats: Stats, batch_rows: int = 4096):
+  """The texts of one Parquet file's `column`, a record batch at a time (nulls skipped and counted)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   try:
@@ -204,13 +228,7 @@ def _read_parquet_file(path: str, fh, column: str, stats: Stats, docs: list[str]
         if value is None:
           stats.null_values += 1
           continue
-        if isinstance(value, bytes):
-          try:
-            value = value.decode('utf-8')
-          except UnicodeDecodeError:
-            stats.invalid_utf8_lines += 1
-            value = value.decode('utf-8', errors='replace')
-        _add(docs, value, stats, max_doc_chars)
+        yield decode_line(value, stats) if isinstance(value, bytes) else value
   except (pa.ArrowException, OSError) as e:
     raise ValueError(f'data.source: reading {path} failed ({e}); the file may be truncated or corrupt') from None
 
@@ -295,7 +313,7 @@ def read_tfds(name: str, field: str, split: str, data_dir: str | None) -> tuple[
 def read_prepared(builder, name: str, field: str, split: str) -> tuple[Sequence[str], Stats]:
   """A prepared TFDS dataset's text: array_record by index (no TensorFlow), TFRecord through tf.data."""
   import tensorflow_datasets as tfds
-  split = _tfds_split(builder, split, name)
+  split = tfds_split(builder, split, name)
   stats = Stats(source=f'tfds:{name}:{field}[{split}]')
   file_format = str(builder.info.file_format).lower()
   if 'array_record' in file_format:
@@ -313,7 +331,7 @@ def read_prepared(builder, name: str, field: str, split: str) -> tuple[Sequence[
   return docs, stats
 
 
-def _tfds_split(builder, split: str, name: str) -> str:
+def tfds_split(builder, split: str, name: str) -> str:
   splits = list(builder.info.splits)
   if split in splits:
     return split
@@ -333,7 +351,7 @@ def split_indices(n: int, validation_fraction: float) -> tuple[np.ndarray, np.nd
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _has_name(rest: str) -> bool:
+def has_name(rest: str) -> bool:
   """Whether '<glob>:<field>' ends with a field (the ':' of a gs:// glob is not one)."""
   return rest.count(':') >= 1 and not rest.rpartition(':')[2].startswith('//')
 
@@ -348,6 +366,11 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
     return read_mixture(source, split=split, data_dir=data_dir, validation_fraction=validation_fraction,
                         text_mode=text_mode, max_doc_chars=max_doc_chars, cache_dir=cache_dir)
   kind, _, rest = source.partition(':')
+  if prepared.is_prepared(source):
+    docs = prepared.PreparedSplit(prepared.directory_of(source), split)
+    stats = Stats(source=f'{source}[{split}]', documents=len(docs), files=len(docs.manifest['units']),
+                  tokens=docs.num_tokens)
+    return docs, stats
   if kind == 'tfds':
     name, _, field = rest.partition(':')
     return read_tfds(name, field or 'text', split, data_dir)
@@ -355,16 +378,16 @@ def read_documents(source: str, *, split: str = 'train', data_dir: str | None = 
     docs, stats = read_default(max_doc_chars, cache_dir)
   elif kind == 'text' and rest:
     docs, stats = read_text(rest, text_mode, max_doc_chars)
-  elif kind == 'jsonl' and _has_name(rest):
+  elif kind == 'jsonl' and has_name(rest):
     pattern, _, field = rest.rpartition(':')
     docs, stats = read_jsonl(pattern, field, max_doc_chars)
-  elif kind == 'parquet' and _has_name(rest):
+  elif kind == 'parquet' and has_name(rest):
     pattern, _, column = rest.rpartition(':')
     docs, stats = read_parquet(pattern, column, max_doc_chars)
   else:
     raise ValueError(f"data.source={source!r} is not a source: use 'default', 'text:<glob>', "
-                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>', 'tfds:<name>[:<field>]' or "
-                     f"'mix:<source>@<weight>,...'")
+                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>', 'tfds:<name>[:<field>]', "
+                     f"'prepared:<dir>' or 'mix:<source>@<weight>,...'")
   if not docs:
     raise ValueError(f'data.source={source!r} holds no text ({stats.report()}): point it at non-empty files')
   train, val = split_indices(len(docs), validation_fraction)

@@ -149,6 +149,11 @@ class Tokenizer:
     from sentencepiece import sentencepiece_model_pb2
     return max(sentencepiece_model_pb2.ModelProto.FromString(self._proto).trainer_spec.vocab_size, self.vocab_size)
 
+  @property
+  def model_proto(self) -> bytes:
+    """The SentencePiece model file's bytes."""
+    return self._proto
+
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
@@ -173,8 +178,9 @@ class Tokenizer:
     at_word = np.fromiter((b in starts for b in begins), bool, len(ids)) & first
     return ids, (at_word | self._word_start[np.asarray(ids, np.int64)]).astype(np.int32)
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return self._sp.encode(list(texts))
+  def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
+    """`encode` of each text, in num_threads threads (-1: SentencePiece's default, one per core)."""
+    return self._sp.encode(list(texts), num_threads=num_threads)
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids])

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 
 from zoo import config as config_lib
-from zoo import finetune, models, objectives, optim, registry
-from zoo.data import sources
+from zoo import finetune, models, objectives, optim, paths, registry
+from zoo.data import mixture, prepared, sources
 from zoo.data import tokenizer as tk
 from zoo.train import inputs as inputs_lib
 from zoo.train import metrics as metrics_lib
@@ -98,8 +98,39 @@ def _read(source, split, data_dir, validation_fraction, text_mode, max_doc_chars
   return docs
 
 
+def prepared_tokenizer(config, workdir: str) -> tk.Tokenizer | None:
+  """The tokenizer of a prepared data.source (or of a mixture's prepared parts, which must share one), kept as
+  workdir/tokenizer.model like a trained one; None for sources of text."""
+  d = config.data
+  parts = [p.source for p in mixture.parse(d.source)] if mixture.is_mixture(d.source) else [d.source]
+  dirs = [prepared.directory_of(p) for p in parts if prepared.is_prepared(p)]
+  if not dirs:
+    return None
+  toks = [tk.Tokenizer(prepared.tokenizer_proto(x), x) for x in dirs]
+  for x, t in zip(dirs[1:], toks[1:]):
+    if t.model_proto != toks[0].model_proto:
+      raise ValueError(f'data.source: prepared:{dirs[0]} and prepared:{x} were made with different tokenizers; a '
+                       f'mixture trains one model on one vocabulary: prepare them with the same --tokenizer')
+  tok = toks[0]
+  if d.tokenizer != 'train' and tk.Tokenizer.load(d.tokenizer).model_proto != tok.model_proto:
+    raise ValueError(f'data.tokenizer={d.tokenizer} is not the tokenizer prepared:{dirs[0]} was made with: leave '
+                     f'data.tokenizer unset (the run takes the prepared one), or prepare the corpus with this one')
+  path = paths.join(workdir, 'tokenizer.model')
+  if paths.path(path).exists():
+    if paths.path(path).read_bytes() != tok.model_proto:
+      raise ValueError(f'{path} is not the tokenizer prepared:{dirs[0]} was made with: this workdir belongs to '
+                       f'another run; use a new --workdir')
+  elif jax.process_index() == 0:
+    paths.path(workdir).mkdir(parents=True, exist_ok=True)
+    tok.save(path)
+  return tk.Tokenizer(tok.model_proto, path)
+
+
 def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
   d = config.data
+  tok = prepared_tokenizer(config, workdir)
+  if tok is not None:
+    return tok
   get = lambda: tk.get_tokenizer(  # noqa: E731
       d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
       num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source)
