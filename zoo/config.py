@@ -43,11 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.adapters.prefix_hidden = 0  # > 0: prefixes through an MLP of this width (reparameterisation)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'default'  # default, text:<glob>, jsonl:<glob>:<field> or tfds:<name>[:<field>]
+  c.data.source = 'default'  # default, text:<glob>, jsonl:<glob>:<field>, tfds:<name>[:<field>], prepared:<dir>, mix:...
   c.data.data_dir = ''  # TFDS data_dir ('' = TFDS's default)
   c.data.text_mode = 'line'  # text sources: a document per 'line' or per blank-line 'paragraph'
   c.data.tokenizer = 'train'  # a SentencePiece .model path, or 'train' (on data.source; kept in the workdir)
   c.data.vocab_size = 8000  # pieces of a trained tokenizer
+  c.data.tokenizer_sample_chars = 10_000_000  # a trained tokenizer learns from a uniform sample this large
   c.data.tokenizer_type = 'unigram'  # or 'bpe'
   c.data.num_sentinels = 100  # T5 sentinels a trained tokenizer reserves
   c.data.packing = 'concat'  # concat (no padding), first_fit or pad
@@ -141,6 +142,7 @@ RULES = {
     'model.dropout_rate': (_FLOAT, 0.0, 0.99), 'model.dtype': ('float32', 'bfloat16', 'float16'),
     'objective.label_smoothing': (_FLOAT, 0.0, 0.99),
     'data.vocab_size': (_INT, 1, None), 'data.num_sentinels': (_INT, 0, None),
+    'data.tokenizer_sample_chars': (_INT, 1, None),
     'data.packing': ('concat', 'first_fit', 'pad'), 'data.text_mode': ('line', 'paragraph'),
     'data.tokenizer_type': ('unigram', 'bpe'), 'data.validation_fraction': (_FLOAT, 0.0, 0.5),
     'data.num_workers': (_INT, 0, None), 'data.max_doc_chars': (_INT, 1, None),

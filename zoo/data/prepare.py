@@ -240,6 +240,9 @@ def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: 
   plan = _plan(out, opts, units, tok)
   _check_plan(out, plan)
   mine = [u for k, u in enumerate(units) if k % num_shards == shard and _done(out, u) is None]
+  for u in mine:  # what a killed run of these units left half-written
+    for stale in paths.path(out).joinpath('units').glob(f'{u["name"]}.*.tmp-*'):
+      stale.unlink()
   workers = workers or min(len(mine), os.cpu_count() or 1) or 1
   sizes = {u['name']: u.get('end', 1) - u.get('start', 0) for u in mine}
   bar = _progress(progress, sum(sizes.values()), f'shard {shard}/{num_shards}' if num_shards > 1 else '')

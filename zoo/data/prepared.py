@@ -163,6 +163,9 @@ class PreparedSplit(Sequence[dict]):
     self.offsets = [0] + list(np.cumsum([u[split]['documents'] for u in units]).tolist())
     self.num_tokens = int(sum(u[split]['tokens'] for u in units))
     self._open: collections.OrderedDict = collections.OrderedDict()
+    if self.mmap:  # a truncated or missing shard is found now, not at its first read (stat is cheap here)
+      for k in range(len(units)):
+        self._unit(k)
     if self.offsets[-1] == 0:
       raise PreparedError(f'data.source=prepared:{directory} has no {split} documents: prepare it again with a '
                           f'larger --validation_fraction' if split == 'validation' else

@@ -326,12 +326,29 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
   return tok
 
 
+def sample(texts: Sequence[str], budget_chars: int, seed: int = 0) -> Sequence[str]:
+  """A uniform random sample of whole texts of about budget_chars characters (all of them if that many or fewer).
+
+  >>> len(sample(['ab'] * 10, 5)), len(sample(['ab'] * 10, 100))
+  (3, 10)
+  """
+  if sum(map(len, texts)) <= budget_chars:
+    return texts
+  out, chars = [], 0
+  for i in np.random.default_rng(seed).permutation(len(texts)):
+    if chars >= budget_chars:
+      break
+    out.append(texts[int(i)])
+    chars += len(out[-1])
+  return out
+
+
 def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Iterable[str]], vocab_size: int,
                   model_type: str = 'unigram', num_sentinels: int = 100,
-                  model_vocab_size: int | None = None, source: str = '') -> Tokenizer:
-  """The recipe's `data.tokenizer`: a SentencePiece .model path, or 'train' to train one on `documents()`
-  once and keep it as workdir/tokenizer.model (a rerun, a resume and evaluation load that file). `source` names
-  the documents in the log."""
+                  model_vocab_size: int | None = None, source: str = '', sample_chars: int | None = None) -> Tokenizer:
+  """The recipe's `data.tokenizer`: a SentencePiece .model path, or 'train' to train one on `documents()` (a
+  uniform sample of sample_chars characters of them, when given) once and keep it as workdir/tokenizer.model (a
+  rerun, a resume and evaluation load that file). `source` names the documents in the log."""
   if spec != 'train':
     return Tokenizer.load(spec, model_vocab_size)
   if not workdir:
@@ -346,7 +363,12 @@ def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Ite
                        f'workdir belongs to another run; use a new --workdir, or set data.vocab_size={asked}')
     return tok
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
-  tok = train_tokenizer(documents(), vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
+  texts = documents()
+  if sample_chars is not None:
+    texts = sample(texts, sample_chars)
+    if len(texts) < len(documents()):
+      source = f'a sample of {len(texts):,} documents of {source or "the corpus"}'
+  tok = train_tokenizer(texts, vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
                         source=source)
   if model_vocab_size is not None:
     tok.check_vocab_size(model_vocab_size)

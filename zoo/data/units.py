@@ -20,7 +20,7 @@ from zoo.data import mixture, prepared, sources
 
 UNIT_BYTES = 64 << 20  # a work unit of a line-per-document file
 BLOCK_BYTES = 4 << 20  # what a worker reads at a time
-SAMPLE_WINDOW = 64 << 10  # one random read of the tokenizer's sample
+SAMPLE_READS = 1000  # random reads that draw the tokenizer's sample: many, so it spans the corpus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +130,13 @@ def sample_documents(units: list[dict], opts: Options, budget_chars: int, seed: 
   ranged = [u for u in units if u['kind'] == 'lines' and opts.text_mode == 'line']
   sizes = np.array([u['end'] - u['start'] for u in ranged], np.int64)
   if len(ranged) and sizes.sum() > 2 * budget_chars:  # large: random windows
-    ends = np.cumsum(sizes)
-    for at in np.sort(rng.integers(0, ends[-1], math.ceil(2 * budget_chars / SAMPLE_WINDOW))):
+    ends, window = np.cumsum(sizes), int(np.clip(2 * budget_chars // SAMPLE_READS, 4 << 10, 64 << 10))
+    for at in np.sort(rng.integers(0, ends[-1], math.ceil(2 * budget_chars / window))):
       k = int(np.searchsorted(ends, at, side='right'))
       u = ranged[k]
       start = u['start'] + int(at - (ends[k] - sizes[k]))
-      window = dict(u, start=start, end=min(start + SAMPLE_WINDOW, u['size']))
-      out += [t for t in documents(window, opts, stats) if not is_validation(t, opts.validation_fraction)]
+      read = dict(u, start=start, end=min(start + window, u['size']))
+      out += [t for t in documents(read, opts, stats) if not is_validation(t, opts.validation_fraction)]
   else:
     for k in rng.permutation(len(units)):  # whole units until twice the budget is read
       if units[k].get('split', 'train') == 'train' and chars < 2 * budget_chars:

@@ -133,7 +133,8 @@ def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
     return tok
   get = lambda: tk.get_tokenizer(  # noqa: E731
       d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
-      num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source)
+      num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source,
+      sample_chars=d.tokenizer_sample_chars)
   if jax.process_count() == 1 or d.tokenizer != 'train':
     return get()
   from jax.experimental import multihost_utils
