@@ -46,9 +46,11 @@ setup(
         'cuda': ['jax[cuda12]>=0.10.2'],
         'gcs': ['etils[epath-gcs]>=1.15.0'],  # gcsfs: workdirs, data and tokenizers on gs:// (TPU VMs)
         'zh': ['jieba>=0.42.1'],  # Chinese word segmentation for whole-word masking
-        'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23'],  # HF tokenizers; .bin weights (weights only)
+        'hf': ['tokenizers>=0.23', 'torch>=2.13', 'transformers>=5.23',  # HF tokenizers; .bin weights (weights only)
+               'datasets>=5.2'],  # python -m zoo.data.prepare --source=hf:...
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5', 'jieba>=0.42.1', 'jax[tpu]>=0.10.2',  # libtpu: train.py --aot
                  'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29',  # the colab/ notebooks run
+                 'datasets>=5.2',  # hf: sources of zoo.data.prepare
                  ] + PARITY + FAST_IMPORT,
     },
     license='Apache-2.0',

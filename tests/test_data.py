@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from zoo.data import pipeline, sources, tfds_text
+from zoo.data import pipeline, prepare, prepared, sources, tfds_text
 from zoo.data import tokenizer as tk
 
 ENGLISH = ('The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of '
@@ -275,6 +275,12 @@ def test_tfds_builder_without_tensorflow(tmp_path, monkeypatch):
   assert len(train) == 30 and len(val) == 10
   assert set(train) | set(val) == {f'sentence number {i}' for i in range(40)}
   assert 'tensorflow' not in sys.modules
+  tok = tk.train_tokenizer(list(train), vocab_size=300, num_sentinels=0)
+  tok.save(str(tmp_path / 'tok.model'))
+  prepare.prepare(f'tfds:{name}', str(tmp_path / 'p'), tokenizer=str(tmp_path / 'tok.model'), progress=False,
+                  data_dir=str(tmp_path / 'tfds'), unit_bytes=10 * 2048)  # 10 records a unit
+  for split, docs in (('train', train), ('validation', val)):  # the dataset's own splits, in its order
+    assert [tok.decode(d['tokens']) for d in prepared.PreparedSplit(str(tmp_path / 'p'), split)] == list(docs)
   with pytest.raises(FileNotFoundError, match=r'tfds:lm1b is not prepared in .*tfds build lm1b'):
     sources.read_documents('tfds:lm1b', data_dir=str(tmp_path / 'empty'))
   with pytest.raises(ValueError, match="has no feature 'body'"):

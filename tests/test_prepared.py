@@ -236,3 +236,23 @@ def test_prepare_command_line(corpus, tmp_path):
   assert r.returncode == 0, r.stderr
   assert 'train with --config.data.source=prepared:' in r.stdout
   assert paths.is_file(f'{tmp_path}/o/manifest.json') and tk.Tokenizer.load(f'{tmp_path}/o/tokenizer.model')
+
+
+def test_a_huggingface_dataset_on_disk(corpus, tmp_path):
+  datasets = pytest.importorskip('datasets')
+  root, docs, tok = corpus
+  splits = datasets.DatasetDict({'train': datasets.Dataset.from_dict({'body': docs[:300], 'n': list(range(300))}),
+                                 'test': datasets.Dataset.from_dict({'body': docs[300:320]})})
+  splits.save_to_disk(str(tmp_path / 'dd'))
+  datasets.Dataset.from_dict({'text': docs}).save_to_disk(str(tmp_path / 'flat'))
+  m = prepare.prepare(f'hf:{tmp_path}/dd:body', str(tmp_path / 'a'), tokenizer=str(root / 'tok.model'),
+                      workers=1, progress=False, unit_bytes=100 * 2048)
+  assert len(m['units']) == 3 + 1  # 100 records a unit
+  read = lambda d, s: [tok.decode(x['tokens']) for x in prepared.PreparedSplit(str(tmp_path / d), s)]  # noqa
+  assert read('a', 'train') == docs[:300] and read('a', 'validation') == docs[300:320]  # the dataset's own splits
+  prepare.prepare(f'hf:{tmp_path}/flat', str(tmp_path / 'b'), tokenizer=str(root / 'tok.model'), progress=False)
+  assert sorted(read('b', 'train') + read('b', 'validation')) == sorted(docs)
+  assert set(read('b', 'validation')) == {d for d in docs if units.is_validation(d, 0.01)} | {docs[0]}
+  with pytest.raises(ValueError, match="no column 'txt'"):
+    prepare.prepare(f'hf:{tmp_path}/flat:txt', str(tmp_path / 'c'), tokenizer=str(root / 'tok.model'),
+                    progress=False)

@@ -3,9 +3,11 @@
   python -m zoo.data.prepare --source='text:corpus/*.txt' --out=DIR --vocab_size=32000
   python -m zoo.data.prepare --source='jsonl:web/*.jsonl:text' --out=gs://bucket/web --tokenizer=tok.model
 
-The source is any single `data.source` spec (text, jsonl, parquet, tfds, default). The corpus is cut into work
+The source is any single `data.source` spec (text, jsonl, parquet, tfds, default), or a HuggingFace `datasets`
+dataset: `hf:<dir>[:<field>]` for a directory `save_to_disk` wrote, `hf:<Hub name>[:<field>]` (`--hf_config`)
+for one on the Hub or in HF's cache (field 'text' by default). The corpus is cut into work
 units (byte ranges of line-per-document files, aligned to lines; whole files for paragraph mode and Parquet;
-record ranges of a TFDS split), which `--workers` processes tokenize in parallel, each streaming its unit in
+record ranges of a TFDS or HF split), which `--workers` processes tokenize in parallel, each streaming its unit in
 blocks: memory does not grow with the corpus. Each unit's files are written under temporary names, renamed,
 and recorded last in units/<unit>.json: a killed preparation, run again, skips the complete units and redoes
 the rest, and gives the same files as a run never killed (the work is deterministic). When every unit is done,
@@ -30,6 +32,7 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -106,7 +109,7 @@ def prepare_unit(directory: str, unit: dict, opts: Options, tokenizer_path: str,
   """Tokenize one unit into its files and record it in units/<unit>.json (a worker's job)."""
   tok, stats = _tokenizer(tokenizer_path), sources.Stats(source=opts.source)
   flags = opts.sentences or bool(opts.word_segmenter)
-  fixed = unit.get('split')  # a TFDS unit belongs to its dataset's split
+  fixed = unit.get('split')  # a unit of a dataset's own split (TFDS, HF) belongs to it
   writers = {s: _SplitWriter(directory, unit['name'], s, dtype, flags) for s in prepared.SPLITS}
   batch: list[str] = []
   first = unit['name'] == '00000'
@@ -254,7 +257,8 @@ def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: 
       tokens += record['train']['tokens'] + record['validation']['tokens']
       bar.update(sizes[u['name']])
   elif mine:
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # spawned, not forked: a fork copies the parent's threads' locks (array_record's, JAX's) mid-use
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
       jobs = {pool.submit(prepare_unit, out, u, opts, *args): u['name'] for u in mine}
       for job in concurrent.futures.as_completed(jobs):
         record = job.result()
@@ -312,7 +316,8 @@ def main(argv=None) -> None:
   from zoo import cli
   parser = argparse.ArgumentParser(prog='python -m zoo.data.prepare', description=__doc__.split('\n')[0])
   parser.add_argument('--source', help="'text:<glob>', 'jsonl:<glob>:<field>', 'parquet:<glob>:<column>', "
-                                       "'tfds:<name>[:<field>]' or 'default'")
+                                       "'tfds:<name>[:<field>]', 'hf:<dataset dir or Hub name>[:<field>]' or "
+                                       "'default'")
   parser.add_argument('--out', help='the directory to write (local, or gs://...)')
   parser.add_argument('--tokenizer', default=None, help='a SentencePiece .model that zoo trained')
   parser.add_argument('--vocab_size', type=int, default=None, help='train a tokenizer of this size on a sample')
@@ -327,6 +332,7 @@ def main(argv=None) -> None:
   parser.add_argument('--sentences', action='store_true', help='record sentence starts (NSP, SOP)')
   parser.add_argument('--word_segmenter', default='', choices=('', 'jieba'), help='record Chinese word starts')
   parser.add_argument('--data_dir', default='', help='TFDS data_dir')
+  parser.add_argument('--hf_config', default='', help="a HuggingFace dataset's configuration name")
   parser.add_argument('--unit_mb', type=int, default=units_lib.UNIT_BYTES >> 20, help='MB of text per work unit')
   parser.add_argument('--verify', metavar='DIR', default=None, help='check a prepared directory\'s hashes')
   args = parser.parse_args(argv)
@@ -342,7 +348,8 @@ def main(argv=None) -> None:
                        num_shards=args.num_shards, unit_bytes=args.unit_mb << 20,
                        sample_chars=args.tokenizer_sample_chars, text_mode=args.text_mode,
                        max_doc_chars=args.max_doc_chars, validation_fraction=args.validation_fraction,
-                       sentences=args.sentences, word_segmenter=args.word_segmenter, data_dir=args.data_dir)
+                       sentences=args.sentences, word_segmenter=args.word_segmenter, data_dir=args.data_dir,
+                       hf_config=args.hf_config)
   if manifest is not None:
     t = manifest['totals']
     print(f'wrote {args.out}: {t["train"]["documents"]:,} training documents ({t["train"]["tokens"]:,} tokens), '

@@ -33,6 +33,7 @@ class Options:
   sentences: bool = False  # flags: where sentences start (NSP, SOP, sentence permutation)
   word_segmenter: str = ''  # 'jieba': flags where Chinese words start (whole-word masking)
   data_dir: str = ''  # TFDS
+  hf_config: str = ''  # a HuggingFace dataset's configuration (name)
 
 
 def plan_units(opts: Options, unit_bytes: int = UNIT_BYTES) -> list[dict]:
@@ -49,8 +50,14 @@ def plan_units(opts: Options, unit_bytes: int = UNIT_BYTES) -> list[dict]:
     for split in prepared.SPLITS:
       docs, _ = sources.read_tfds(name, field or 'text', split, opts.data_dir or None)
       step = max(1, unit_bytes // 2048)  # records per unit, about unit_bytes of text
-      units += [{'kind': 'tfds', 'name': name, 'field': field or 'text', 'split': split, 'start': i,
+      units += [{'kind': 'tfds', 'dataset': name, 'field': field or 'text', 'split': split, 'start': i,
                  'end': min(i + step, len(docs))} for i in range(0, len(docs), step)]
+  elif kind == 'hf' and rest:
+    name, _, field = rest.rpartition(':') if sources.has_name(rest) else (rest, '', 'text')
+    step = max(1, unit_bytes // 2048)
+    for split, hf_split, rows in hf_splits(name, opts.hf_config):
+      units += [{'kind': 'hf', 'dataset': name, 'field': field, 'split': split, 'hf_split': hf_split, 'start': i,
+                 'end': min(i + step, rows)} for i in range(0, rows, step)]
   elif kind in ('text', 'jsonl', 'parquet') and rest:
     pattern, field = (rest, '') if kind == 'text' else (rest.rpartition(':')[0], rest.rpartition(':')[2])
     if kind != 'text' and not sources.has_name(rest):
@@ -63,7 +70,8 @@ def plan_units(opts: Options, unit_bytes: int = UNIT_BYTES) -> list[dict]:
                  'start': s, 'end': size if whole else min(s + unit_bytes, size), 'size': size} for s in starts]
   else:
     raise ValueError(f"--source={opts.source!r} is not a source: use 'default', 'text:<glob>', "
-                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>' or 'tfds:<name>[:<field>]'")
+                     f"'jsonl:<glob>:<field>', 'parquet:<glob>:<column>', 'tfds:<name>[:<field>]' or "
+                     f"'hf:<dataset dir or Hub name>[:<field>]'")
   for i, unit in enumerate(units):
     unit['name'] = f'{i:05d}'
   return units
@@ -95,8 +103,19 @@ def documents(unit: dict, opts: Options, stats: sources.Stats) -> Iterator[str]:
   kind, cut = unit['kind'], opts.max_doc_chars
   if kind == 'default':
     yield from sources.read_default(cut)[0]
+  elif kind == 'hf':
+    ds = hf_dataset(unit['dataset'], opts.hf_config, unit['hf_split'])
+    if unit['field'] not in ds.column_names:
+      raise ValueError(f'--source=hf:{unit["dataset"]} has no column {unit["field"]!r}; its columns are '
+                       f'{ds.column_names}: use hf:<dataset>:<column>')
+    for i in range(unit['start'], unit['end'], 1000):  # a slice at a time: arrow reads only those rows
+      for text in ds[i:min(i + 1000, unit['end'])][unit['field']]:
+        if text is None:
+          stats.null_values += 1
+        else:
+          yield from sources.pieces(str(text), stats, cut)
   elif kind == 'tfds':
-    docs, _ = sources.read_tfds(unit['name'], unit['field'], unit['split'], opts.data_dir or None)
+    docs, _ = sources.read_tfds(unit['dataset'], unit['field'], unit['split'], opts.data_dir or None)
     for i in range(unit['start'], unit['end']):
       yield from sources.pieces(docs[i], stats, cut)
   elif kind == 'parquet':
@@ -115,6 +134,44 @@ def documents(unit: dict, opts: Options, stats: sources.Stats) -> Iterator[str]:
         if text is None:
           continue
       yield from sources.pieces(text, stats, cut)
+
+
+_HF: dict = {}
+
+
+def hf_dataset(name: str, config: str, split: str):
+  """One split of a HuggingFace `datasets` dataset: a directory `save_to_disk` wrote, or a Hub name (downloaded
+  to, or read offline from, HF's cache). 'all' is a dataset with no splits of its own."""
+  key = (name, config)
+  if key not in _HF:
+    try:
+      import datasets
+    except ImportError:
+      raise ImportError('--source=hf:... reads through the datasets library: pip install datasets') from None
+    if paths.path(name).exists():
+      _HF[key] = datasets.load_from_disk(name)
+    else:
+      try:
+        _HF[key] = datasets.load_dataset(name, config or None)
+      except (FileNotFoundError, ValueError, ConnectionError) as e:
+        raise ValueError(f'--source=hf:{name}: no such directory, and the Hub has no dataset by that name here '
+                         f'({e}); give a save_to_disk directory, or a Hub name (offline: one in HF\'s cache)') from None
+  ds = _HF[key]
+  return ds if split == 'all' else ds[split]
+
+
+def hf_splits(name: str, config: str) -> list[tuple]:
+  """(zoo's split, the dataset's split, rows): its own train and validation (or test) splits; or, for a dataset
+  without splits, (None, 'all', rows): each document's split by the hash of its text."""
+  ds = hf_dataset(name, config, 'all')
+  if not hasattr(ds, 'keys'):
+    return [(None, 'all', len(ds))]
+  if 'train' not in ds:
+    raise ValueError(f'--source=hf:{name} has splits {list(ds)}, and no train split')
+  val = next((s for s in ('validation', 'test') if s in ds), None)
+  if val is None:  # the train split alone: hashed into the two
+    return [(None, 'train', len(ds['train']))]
+  return [('train', 'train', len(ds['train'])), ('validation', val, len(ds[val]))]
 
 
 def is_validation(text: str, fraction: float) -> bool:
@@ -139,7 +196,7 @@ def sample_documents(units: list[dict], opts: Options, budget_chars: int, seed: 
       out += [t for t in documents(read, opts, stats) if not is_validation(t, opts.validation_fraction)]
   else:
     for k in rng.permutation(len(units)):  # whole units until twice the budget is read
-      if units[k].get('split', 'train') == 'train' and chars < 2 * budget_chars:
+      if units[k].get('split') in (None, 'train') and chars < 2 * budget_chars:
         out += [t for t in documents(units[k], opts, stats) if not is_validation(t, opts.validation_fraction)]
         chars = sum(map(len, out))
     chars = 0
