@@ -96,6 +96,15 @@ def test_a_killed_preparation_rerun_gives_the_same_shards(corpus, tmp_path):
   assert prepare.verify(str(out)) == sum(len(prepared.PreparedSplit(str(out), s)) for s in prepared.SPLITS)
 
 
+def test_shards_of_a_preparation_make_what_one_machine_makes(corpus, ready, tmp_path):
+  out = tmp_path / 'out'
+  assert make(corpus, out, shard=1, num_shards=3) is None  # the others' units are missing: no manifest yet
+  assert make(corpus, out, shard=0, num_shards=3) is None and not (out / 'manifest.json').exists()
+  assert make(corpus, out, shard=2, num_shards=3) is not None  # the last to finish writes it
+  files = lambda d: {p.relative_to(d): p.read_bytes() for p in d.rglob('*') if p.is_file()}  # noqa: E731
+  assert files(out) == files(ready)
+
+
 def rows_to_docs(batches) -> list[tuple]:
   """Each 'pad' row's document (packing='pad' with room for the longest: one whole document per row)."""
   return [tuple(row[seg > 0]) for b in batches for row, seg in zip(b['tokens'], b['segment_ids'])]
@@ -131,6 +140,21 @@ def test_a_restored_reader_continues_with_the_next_batch(ready, corpus, packing)
   again.set_state(state)
   got = [next(again) for _ in range(5)]
   assert all(np.array_equal(a[k], b[k]) for a, b in zip(want, got) for k in a)
+
+
+def test_a_restored_mixture_of_prepared_sources_continues_exactly(ready, corpus):
+  _, _, tok = corpus
+  ds = lambda: pipeline.make_dataset(sources.read_documents(f'mix:prepared:{ready}@3,prepared:{ready}@1')[0],  # noqa
+                                     tok, seq_len=32, batch_size=4, seed=5)
+  it = iter(ds())
+  for _ in range(6):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]
+  again = iter(ds())
+  again.set_state(state)
+  assert all(np.array_equal(a[k], b[k]) for a, b in zip(want, [next(again) for _ in range(4)]) for k in a)
+  assert sum((b['source'] == 0).sum() for b in want) == 12  # the weights hold: 3 of every 4 rows
 
 
 def test_prepared_features_equal_the_in_memory_ones(corpus, tmp_path):

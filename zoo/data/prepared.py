@@ -11,7 +11,7 @@ records) and per split:
   manifest.json                 written when every unit is: source, tokenizer and its hash, counts, features
   tokenizer.model               the tokenizer every token was made with
 
-Token and index files are read through `np.memmap` when local (the page cache holds what is read; the process
+Token and index files are memory-mapped when local (the page cache holds what is read; the process
 holds none of it) and by ranged reads through etils.epath on a bucket, so memory does not grow with the corpus.
 `PreparedSplit` is a random-access sequence of documents, each a dict of int32 arrays (`tokens`, and
 `sentence_starts` / `word_starts` when prepared with them), which grain shuffles and shards by index.
@@ -33,6 +33,8 @@ import bisect
 import collections
 import hashlib
 import json
+import mmap
+import os
 from typing import Sequence
 
 import numpy as np
@@ -94,6 +96,18 @@ def tokenizer_proto(directory: str, manifest: dict | None = None) -> bytes:
   return proto
 
 
+def _map(path: str, dtype) -> np.ndarray:
+  """A read-only memory map of a whole file, told that reads are random: the kernel then reads only the pages
+  asked for, not the megabytes after them (training reads documents in a shuffled order)."""
+  with open(path, 'rb') as fh:
+    if not os.fstat(fh.fileno()).st_size:
+      return np.zeros(0, dtype)
+    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+  if hasattr(mm, 'madvise'):
+    mm.madvise(mmap.MADV_RANDOM)
+  return np.frombuffer(mm, dtype)
+
+
 class _Unit:
   """One unit's files of one split: memory-mapped (local) or read by range (a bucket)."""
 
@@ -116,8 +130,8 @@ class _Unit:
   def _read(self, kind: str, dtype, start: int, stop: int) -> np.ndarray:
     if self.mmap:
       if kind not in self._arrays:
-        self._arrays[kind] = np.memmap(self.files[kind], dtype=dtype, mode='r')
-      return np.asarray(self._arrays[kind][start:stop])
+        self._arrays[kind] = _map(self.files[kind], dtype)
+      return np.array(self._arrays[kind][start:stop])
     if kind not in self._handles:
       self._handles[kind] = paths.path(self.files[kind]).open('rb')
     fh, size = self._handles[kind], np.dtype(dtype).itemsize
