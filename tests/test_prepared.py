@@ -65,6 +65,8 @@ def test_units_cut_files_at_lines_and_keep_every_document(corpus, ready):
   manifest = prepared.load_manifest(str(ready))
   assert len(manifest['units']) > 3 * 3  # several units per file: ranges cut inside lines
   assert sorted(all_docs(ready)) == sorted(tok.encode_batch(docs))  # each document once, as the text source reads it
+  by_epath = prepared.PreparedSplit(str(ready), local=False)  # a bucket's way: seek and read through etils.epath
+  assert all(np.array_equal(a['tokens'], b['tokens']) for a, b in zip(by_epath, prepared.PreparedSplit(str(ready))))
   n_val = manifest['totals']['validation']['documents']
   assert 1 <= n_val < 0.1 * len(docs)
   assert manifest['totals']['train']['tokens'] == prepared.PreparedSplit(str(ready)).num_tokens

@@ -246,7 +246,7 @@ def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: 
   for u in mine:  # what a killed run of these units left half-written
     for stale in paths.path(out).joinpath('units').glob(f'{u["name"]}.*.tmp-*'):
       stale.unlink()
-  workers = workers or min(len(mine), os.cpu_count() or 1) or 1
+  workers = min(workers or os.cpu_count() or 1, len(mine)) or 1  # a worker more than units only costs its start
   sizes = {u['name']: u.get('end', 1) - u.get('start', 0) for u in mine}
   bar = _progress(progress, sum(sizes.values()), f'shard {shard}/{num_shards}' if num_shards > 1 else '')
   start, tokens = time.perf_counter(), 0

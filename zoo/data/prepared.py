@@ -11,8 +11,8 @@ records) and per split:
   manifest.json                 written when every unit is: source, tokenizer and its hash, counts, features
   tokenizer.model               the tokenizer every token was made with
 
-Token and index files are memory-mapped when local (the page cache holds what is read; the process
-holds none of it) and by ranged reads through etils.epath on a bucket, so memory does not grow with the corpus.
+Token and index files are read by range, with `os.pread` when local and through etils.epath on a bucket; nothing is
+memory-mapped, so the reader's memory grows neither with the corpus nor with what it has read.
 `PreparedSplit` is a random-access sequence of documents, each a dict of int32 arrays (`tokens`, and
 `sentence_starts` / `word_starts` when prepared with them), which grain shuffles and shards by index.
 
@@ -33,7 +33,6 @@ import bisect
 import collections
 import hashlib
 import json
-import mmap
 import os
 from typing import Sequence
 
@@ -45,7 +44,7 @@ PREFIX = 'prepared:'
 FORMAT = 'zoo.prepared/1'
 SPLITS = ('train', 'validation')
 SENTENCE_START, WORD_START = 1, 2  # bits of the flags file
-_OPEN_UNITS = 64  # open files kept per split (each holds a descriptor)
+_OPEN_UNITS = 128  # units whose files are kept open, per split (each holds 2 or 3 descriptors)
 
 
 class PreparedError(ValueError):
@@ -96,47 +95,44 @@ def tokenizer_proto(directory: str, manifest: dict | None = None) -> bytes:
   return proto
 
 
-def _map(path: str, dtype) -> np.ndarray:
-  """A read-only memory map of a whole file, told that reads are random: the kernel then reads only the pages
-  asked for, not the megabytes after them (training reads documents in a shuffled order)."""
-  with open(path, 'rb') as fh:
-    if not os.fstat(fh.fileno()).st_size:
-      return np.zeros(0, dtype)
-    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-  if hasattr(mm, 'madvise'):
-    mm.madvise(mmap.MADV_RANDOM)
-  return np.frombuffer(mm, dtype)
-
-
 class _Unit:
-  """One unit's files of one split: memory-mapped (local) or read by range (a bucket)."""
+  """One unit's files of one split, read by range: `os.pread` on local files (nothing is mapped into the
+  process, so its memory does not grow with what it has read), seek and read through etils.epath on a bucket."""
 
-  def __init__(self, directory: str, unit: dict, split: str, dtype, flags: bool, mmap: bool):
-    self.name, self.dtype = unit['name'], np.dtype(dtype)
+  def __init__(self, directory: str, unit: dict, split: str, dtype, flags: bool, local: bool):
+    self.name, self.dtype, self.local = unit['name'], np.dtype(dtype), local
     counts = unit[split]
     self.documents, self.tokens = counts['documents'], counts['tokens']
     self.files = {k: unit_file(directory, self.name, split, k) for k in ('tokens', 'index') + ('flags',) * flags}
+    self._handles: dict = {}
+
+  def check(self) -> None:
+    """The files have the sizes the manifest says (a truncated or missing shard is named)."""
     sizes = {'tokens': self.tokens * self.dtype.itemsize, 'index': 8 * (self.documents + 1), 'flags': self.tokens}
     for kind, f in self.files.items():
-      size = paths.path(f).stat().length if paths.path(f).exists() else None
+      if self.local:
+        size = os.stat(f).st_size if os.path.exists(f) else None
+      else:
+        size = paths.path(f).stat().length if paths.path(f).exists() else None
       if size != sizes[kind]:
         found = 'missing' if size is None else f'{size:,} bytes'
         raise PreparedError(f'{f} is {found}, not the {sizes[kind]:,} bytes its manifest says: the shard is '
                             f'truncated or damaged; prepare the corpus again (or rerun prepare into a new --out)')
-    self.mmap = mmap
-    self._arrays: dict = {}
-    self._handles: dict = {}
 
   def _read(self, kind: str, dtype, start: int, stop: int) -> np.ndarray:
-    if self.mmap:
-      if kind not in self._arrays:
-        self._arrays[kind] = _map(self.files[kind], dtype)
-      return np.array(self._arrays[kind][start:stop])
+    size = np.dtype(dtype).itemsize
     if kind not in self._handles:
-      self._handles[kind] = paths.path(self.files[kind]).open('rb')
-    fh, size = self._handles[kind], np.dtype(dtype).itemsize
-    fh.seek(start * size)
-    return np.frombuffer(fh.read((stop - start) * size), dtype)
+      f = self.files[kind]
+      self._handles[kind] = os.open(f, os.O_RDONLY) if self.local else paths.path(f).open('rb')
+    handle = self._handles[kind]
+    if self.local:
+      data = os.pread(handle, (stop - start) * size, start * size)
+    else:
+      handle.seek(start * size)
+      data = handle.read((stop - start) * size)
+    if len(data) != (stop - start) * size:
+      raise PreparedError(f'{self.files[kind]} ended early: the shard is truncated; prepare the corpus again')
+    return np.frombuffer(data, dtype)
 
   def document(self, i: int, vocab_size: int) -> dict:
     start, stop = (int(x) for x in self._read('index', np.int64, i, i + 2))
@@ -155,21 +151,21 @@ class _Unit:
     return out
 
   def close(self):
-    for fh in self._handles.values():
-      fh.close()
-    self._arrays, self._handles = {}, {}
+    for handle in self._handles.values():
+      os.close(handle) if self.local else handle.close()
+    self._handles = {}
 
 
 class PreparedSplit(Sequence[dict]):
   """The documents of one split of a prepared corpus, by index (see the module docstring); picklable (files
   reopen in the process that reads)."""
 
-  def __init__(self, directory: str, split: str = 'train', mmap: bool | None = None):
+  def __init__(self, directory: str, split: str = 'train', local: bool | None = None):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     self.directory, self.split = directory, split
     self.manifest = load_manifest(directory)
-    self.mmap = paths.is_local(directory) if mmap is None else mmap
+    self.local = paths.is_local(directory) if local is None else local
     self.features = tuple(self.manifest['features'])
     self.vocab_size = int(self.manifest['tokenizer']['vocab_size'])
     units = self.manifest['units']
@@ -177,7 +173,8 @@ class PreparedSplit(Sequence[dict]):
     self.offsets = [0] + list(np.cumsum([u[split]['documents'] for u in units]).tolist())
     self.num_tokens = int(sum(u[split]['tokens'] for u in units))
     self._open: collections.OrderedDict = collections.OrderedDict()
-    if self.mmap:  # a truncated or missing shard is found now, not at its first read (stat is cheap here)
+    self._checked: set = set()
+    if self.local:  # a truncated or missing shard is found now, not at its first read (stat is cheap here)
       for k in range(len(units)):
         self._unit(k)
     if self.offsets[-1] == 0:
@@ -189,7 +186,10 @@ class PreparedSplit(Sequence[dict]):
     unit = self._open.get(k)
     if unit is None:
       unit = _Unit(self.directory, self.manifest['units'][k], self.split, self.manifest['dtype'],
-                   bool(self.features), self.mmap)
+                   bool(self.features), self.local)
+      if k not in self._checked:  # once: a unit reopened after the cache let it go is not checked again
+        unit.check()
+        self._checked.add(k)
       self._open[k] = unit
       if len(self._open) > _OPEN_UNITS:
         self._open.popitem(last=False)[1].close()
@@ -210,10 +210,10 @@ class PreparedSplit(Sequence[dict]):
     return self._unit(k).document(i - self.offsets[k], self.vocab_size)
 
   def __getstate__(self):
-    return {'directory': self.directory, 'split': self.split, 'mmap': self.mmap}
+    return {'directory': self.directory, 'split': self.split, 'local': self.local}
 
   def __setstate__(self, state):
-    self.__init__(state['directory'], state['split'], state['mmap'])
+    self.__init__(state['directory'], state['split'], state['local'])
 
   def describe(self) -> str:
     return (f'prepared:{self.directory}[{self.split}]: {len(self):,} documents, {self.num_tokens:,} tokens from '
