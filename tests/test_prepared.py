@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from zoo import paths
-from zoo.data import pipeline, prepare, prepared, sources, units
+from zoo.data import cache, pipeline, prepare, prepared, sources, units
 from zoo.data import tokenizer as tk
 from zoo import train
 
@@ -282,3 +282,32 @@ def test_a_huggingface_dataset_on_disk(corpus, tmp_path):
   with pytest.raises(ValueError, match="no column 'txt'"):
     prepare.prepare(f'hf:{tmp_path}/flat:txt', str(tmp_path / 'c'), tokenizer=str(root / 'tok.model'),
                     progress=False)
+
+
+def test_train_py_prepares_into_a_cache_once(corpus, tmp_path):
+  root, _, tok = corpus
+  config = importlib.import_module('configs.gpt').get_config('tiny')
+  config.data.update(prepare=True, prepared_dir=str(tmp_path / 'cache'), source=f'text:{root}/*.txt',
+                     vocab_size=400, num_sentinels=4)
+  spec = train.source(config, str(tmp_path / 'run'))
+  directory = prepared.directory_of(spec)
+  assert directory.startswith(str(tmp_path / 'cache')) and (tmp_path / 'cache').exists()
+  stamp = os.stat(f'{directory}/manifest.json').st_mtime_ns
+  assert train.load_tokenizer(config, str(tmp_path / 'run')).model_proto == (tmp_path / 'run' / 'tokenizer.model'
+                                                                             ).read_bytes()
+  assert len(train.read(config, 'train')) + len(train.read(config, 'validation')) == 360
+  config.data.max_doc_chars = 99_999  # another key: prepared again, elsewhere; then found again
+  other = prepared.directory_of(train.source(config))
+  assert other != directory and prepared.directory_of(train.source(config)) == other
+  config.data.max_doc_chars = 100_000
+  assert train.source(config) == spec and os.stat(f'{directory}/manifest.json').st_mtime_ns == stamp  # reused
+  (root / 'part0.txt').touch()  # an edited file: prepared anew
+  assert train.source(config) != spec
+  config.data.source = f'mix:text:{root}/part0.txt@2,text:{root}/part1.txt@1'
+  mix, _ = sources.read_documents(train.source(config))
+  assert [round(w, 3) for w in mix.weights] == [0.667, 0.333]
+  a, b = (prepared.tokenizer_proto(p.directory) for p in mix.documents)
+  assert a == b  # the later part takes the first one's tokenizer
+  config.data.prepared_dir = ''
+  with pytest.raises(ValueError, match='data.prepared_dir to a path every process sees'):
+    cache.ensure(config.data, sentences=False, shard=0, num_shards=2)

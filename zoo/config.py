@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = 'train'  # a SentencePiece .model path, or 'train' (on data.source; kept in the workdir)
   c.data.vocab_size = 8000  # pieces of a trained tokenizer
   c.data.tokenizer_sample_chars = 10_000_000  # a trained tokenizer learns from a uniform sample this large
+  c.data.prepare = False  # True: tokenize data.source once into a cache of token shards (zoo.data.cache), read those
+  c.data.prepared_dir = ''  # that cache ('': $ZOO_CACHE/prepared); a multi-process run needs one all processes see
   c.data.tokenizer_type = 'unigram'  # or 'bpe'
   c.data.num_sentinels = 100  # T5 sentinels a trained tokenizer reserves
   c.data.packing = 'concat'  # concat (no padding), first_fit or pad

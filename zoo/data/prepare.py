@@ -174,7 +174,8 @@ def _check_plan(directory: str, plan: dict) -> None:
   path = paths.join(directory, 'plan.json')
   if paths.path(path).exists():
     old = json.loads(paths.path(path).read_text())
-    for key, what in (('tokenizer', 'tokenizer'), ('options', 'source or options'), ('units', 'input files')):
+    for key, what in (('tokenizer', 'tokenizer'), ('options', 'source or options'),
+                      ('units', 'set of input files (or their sizes, or --unit_mb)')):
       if old.get(key) != plan[key]:
         raise ValueError(f'--out={directory} holds a preparation with another {what} ({path}): use a new --out, '
                          f'or the same command as the first time to continue it')
@@ -183,7 +184,8 @@ def _check_plan(directory: str, plan: dict) -> None:
 
 
 def _tokenizer_for(directory: str, opts: Options, units: list[dict], tokenizer: str | None, vocab_size: int | None,
-                   num_sentinels: int, sample_chars: int, shard: int, wait_s: float) -> tk.Tokenizer:
+                   num_sentinels: int, sample_chars: int, shard: int, wait_s: float,
+                   model_type: str = 'unigram') -> tk.Tokenizer:
   """The tokenizer file DIR/tokenizer.model: copied, reused from an earlier run, or trained by shard 0."""
   path = paths.join(directory, 'tokenizer.model')
   if tokenizer:
@@ -211,8 +213,8 @@ def _tokenizer_for(directory: str, opts: Options, units: list[dict], tokenizer: 
   sample = units_lib.sample_documents(units, opts, sample_chars)
   log.info('tokenizer sample: %s documents, %s characters in %.1f s', f'{len(sample):,}',
            f'{sum(map(len, sample)):,}', time.perf_counter() - start)
-  return tk.train_tokenizer(sample, vocab_size, num_sentinels=num_sentinels, path=path, seed_field='--vocab_size',
-                            source=f'a sample of {opts.source}')
+  return tk.train_tokenizer(sample, vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
+                            seed_field='--vocab_size', source=f'a sample of {opts.source}')
 
 
 def _manifest(directory: str, plan: dict, records: list[dict]) -> dict:
@@ -227,7 +229,7 @@ def _manifest(directory: str, plan: dict, records: list[dict]) -> dict:
 
 
 def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: int | None = None,
-            num_sentinels: int = 100, workers: int | None = None, shard: int = 0, num_shards: int = 1,
+            num_sentinels: int = 100, model_type: str = 'unigram', workers: int | None = None, shard: int = 0, num_shards: int = 1,
             unit_bytes: int = units_lib.UNIT_BYTES, sample_chars: int = 10_000_000, progress: bool = True,
             wait_s: float = 3600.0, **options) -> dict | None:
   """Prepare `source` into `out` (see the module docstring): the manifest, or None while other shards work."""
@@ -239,7 +241,8 @@ def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: 
   out = paths.abspath(out, expanduser=True)
   units = units_lib.plan_units(opts, unit_bytes)
   paths.path(out).joinpath('units').mkdir(parents=True, exist_ok=True)
-  tok = _tokenizer_for(out, opts, units, tokenizer, vocab_size, num_sentinels, sample_chars, shard, wait_s)
+  tok = _tokenizer_for(out, opts, units, tokenizer, vocab_size, num_sentinels, sample_chars, shard, wait_s,
+                       model_type)
   plan = _plan(out, opts, units, tok)
   _check_plan(out, plan)
   mine = [u for k, u in enumerate(units) if k % num_shards == shard and _done(out, u) is None]
@@ -322,6 +325,7 @@ def main(argv=None) -> None:
   parser.add_argument('--tokenizer', default=None, help='a SentencePiece .model that zoo trained')
   parser.add_argument('--vocab_size', type=int, default=None, help='train a tokenizer of this size on a sample')
   parser.add_argument('--num_sentinels', type=int, default=100)
+  parser.add_argument('--model_type', choices=('unigram', 'bpe'), default='unigram', help='of a trained tokenizer')
   parser.add_argument('--tokenizer_sample_chars', type=int, default=10_000_000)
   parser.add_argument('--workers', type=int, default=0, help='tokenizing processes (default: one per core)')
   parser.add_argument('--shard', type=int, default=int(os.environ.get('JAX_PROCESS_ID', 0)))
@@ -344,7 +348,7 @@ def main(argv=None) -> None:
   if not args.source or not args.out:
     parser.error('give --source and --out (or --verify=DIR)')
   manifest = cli.guard(prepare, args.source, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                       num_sentinels=args.num_sentinels, workers=args.workers or None, shard=args.shard,
+                       num_sentinels=args.num_sentinels, model_type=args.model_type, workers=args.workers or None, shard=args.shard,
                        num_shards=args.num_shards, unit_bytes=args.unit_mb << 20,
                        sample_chars=args.tokenizer_sample_chars, text_mode=args.text_mode,
                        max_doc_chars=args.max_doc_chars, validation_fraction=args.validation_fraction,

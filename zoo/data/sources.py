@@ -64,8 +64,9 @@ class Stats:
   def report(self) -> str:
     issues = [f'{v} {k.replace("_", " ")}' for k, v in dataclasses.asdict(self).items()
               if k not in ('source', 'files', 'documents', 'characters', 'tokens') and v]
-    size = f'{self.tokens:,} tokens' if self.tokens else f'{self.characters:,} characters'
-    return (f'{self.source}: {self.documents:,} documents, {size} from {self.files} file(s)' +
+    size = (f'{self.tokens:,} tokens in {self.files} unit(s)' if self.tokens else
+            f'{self.characters:,} characters from {self.files} file(s)')
+    return (f'{self.source}: {self.documents:,} documents, {size}' +
             (f'; {", ".join(issues)}' if issues else ''))
 
 

@@ -47,9 +47,15 @@ def plan_units(opts: Options, unit_bytes: int = UNIT_BYTES) -> list[dict]:
     units.append({'kind': 'default'})
   elif kind == 'tfds':
     name, _, field = rest.partition(':')
+    step = max(1, unit_bytes // 2048)  # records per unit, about unit_bytes of text
     for split in prepared.SPLITS:
-      docs, _ = sources.read_tfds(name, field or 'text', split, opts.data_dir or None)
-      step = max(1, unit_bytes // 2048)  # records per unit, about unit_bytes of text
+      try:
+        docs, _ = sources.read_tfds(name, field or 'text', split, opts.data_dir or None)
+      except ValueError:
+        if split == 'train':
+          raise
+        units = [dict(u, split=None) for u in units]  # no split of its own to validate on: hashed into the two
+        break
       units += [{'kind': 'tfds', 'dataset': name, 'field': field or 'text', 'split': split, 'start': i,
                  'end': min(i + step, len(docs))} for i in range(0, len(docs), step)]
   elif kind == 'hf' and rest:
@@ -115,7 +121,7 @@ def documents(unit: dict, opts: Options, stats: sources.Stats) -> Iterator[str]:
         else:
           yield from sources.pieces(str(text), stats, cut)
   elif kind == 'tfds':
-    docs, _ = sources.read_tfds(unit['dataset'], unit['field'], unit['split'], opts.data_dir or None)
+    docs, _ = sources.read_tfds(unit['dataset'], unit['field'], unit['split'] or 'train', opts.data_dir or None)
     for i in range(unit['start'], unit['end']):
       yield from sources.pieces(docs[i], stats, cut)
   elif kind == 'parquet':

@@ -15,7 +15,7 @@ One concern a module:
 - `metrics`: metrics.jsonl, TensorBoard, the progress line, FLOPs and MFU.
 - `loop`: `train_and_evaluate`: preemption, resume checks, checkpoints, the loop.
 """
-from zoo.train.build import Run, build, load_tokenizer, make_objective, maybe_initialize_distributed, read
+from zoo.train.build import Run, build, load_tokenizer, make_objective, maybe_initialize_distributed, read, source
 from zoo.train.evaluate import evaluate
 from zoo.train.loop import check_same_run, train_and_evaluate
 from zoo.train.state import TrainState, init_state, restore_state
@@ -23,4 +23,4 @@ from zoo.train.steps import example_rng, make_eval_step, make_train_step
 
 __all__ = ['Run', 'TrainState', 'build', 'check_same_run', 'evaluate', 'example_rng', 'init_state',
            'load_tokenizer', 'make_eval_step', 'make_objective', 'make_train_step', 'maybe_initialize_distributed',
-           'read', 'restore_state', 'train_and_evaluate']
+           'read', 'restore_state', 'source', 'train_and_evaluate']

@@ -17,7 +17,7 @@ import optax
 
 from zoo import config as config_lib
 from zoo import finetune, models, objectives, optim, paths, registry
-from zoo.data import mixture, prepared, sources
+from zoo.data import cache, mixture, prepared, sources
 from zoo.data import tokenizer as tk
 from zoo.train import inputs as inputs_lib
 from zoo.train import metrics as metrics_lib
@@ -83,10 +83,26 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
+def source(config, workdir: str | None = None) -> str:
+  """data.source, or with data.prepare the same source as its prepared directories (zoo.data.cache: prepared the
+  first time, with a progress bar; later runs find them)."""
+  d = config.data
+  if not d.prepare or config.task.name:
+    return d.source
+  kept = paths.join(workdir, 'tokenizer.model') if workdir else None
+  cls = objectives.OBJECTIVES.get(config.objective.name)  # not memoized: an edited file is seen in a notebook
+  dirs = cache.ensure(d, sentences=bool(getattr(cls, 'needs_sentences', False)), kept_tokenizer=kept,
+                      shard=jax.process_index(), num_shards=jax.process_count())
+  if not mixture.is_mixture(d.source):
+    return f'{prepared.PREFIX}{dirs[d.source]}'
+  parts = mixture.parse(d.source)
+  return mixture.PREFIX + ','.join(f'{prepared.PREFIX}{dirs[p.source]}@{p.weight!r}' for p in parts)
+
+
 def read(config, split: str):
   """The documents of a split (read once per process and kept: the tokenizer and the loop share them)."""
   d = config.data
-  return _read(d.source, split, d.data_dir or None, d.validation_fraction, d.text_mode, d.max_doc_chars)
+  return _read(source(config), split, d.data_dir or None, d.validation_fraction, d.text_mode, d.max_doc_chars)
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,8 +117,8 @@ def _read(source, split, data_dir, validation_fraction, text_mode, max_doc_chars
 def prepared_tokenizer(config, workdir: str) -> tk.Tokenizer | None:
   """The tokenizer of a prepared data.source (or of a mixture's prepared parts, which must share one), kept as
   workdir/tokenizer.model like a trained one; None for sources of text."""
-  d = config.data
-  parts = [p.source for p in mixture.parse(d.source)] if mixture.is_mixture(d.source) else [d.source]
+  d, spec = config.data, source(config, workdir)
+  parts = [p.source for p in mixture.parse(spec)] if mixture.is_mixture(spec) else [spec]
   dirs = [prepared.directory_of(p) for p in parts if prepared.is_prepared(p)]
   if not dirs:
     return None
