@@ -213,8 +213,26 @@ def _tokenizer_for(directory: str, opts: Options, units: list[dict], tokenizer: 
   sample = units_lib.sample_documents(units, opts, sample_chars)
   log.info('tokenizer sample: %s documents, %s characters in %.1f s', f'{len(sample):,}',
            f'{sum(map(len, sample)):,}', time.perf_counter() - start)
-  return tk.train_tokenizer(sample, vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
-                            seed_field='--vocab_size', source=f'a sample of {opts.source}')
+  tok = tk.train_tokenizer(sample, vocab_size, model_type=model_type, num_sentinels=num_sentinels,
+                           seed_field='--vocab_size', source=f'a sample of {opts.source}')
+  _publish(path, tok.model_proto)
+  return tk.Tokenizer.load(path)  # the first one written, if another run trained one at the same time
+
+
+def _publish(path: str, data: bytes) -> None:
+  """Write path unless it exists: of two preparations started at once, both tokenize with the first tokenizer
+  (SentencePiece's threaded training need not give the same bytes twice). Local files only: a bucket keeps the
+  last one written."""
+  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  paths.path(tmp).write_bytes(data)
+  if paths.is_local(path):
+    try:
+      os.link(tmp, path)  # fails where path exists: atomic create-if-absent
+    except FileExistsError:
+      pass
+    os.unlink(tmp)
+  else:
+    paths.path(tmp).replace(path)
 
 
 def _manifest(directory: str, plan: dict, records: list[dict]) -> dict:
