@@ -311,3 +311,27 @@ def test_train_py_prepares_into_a_cache_once(corpus, tmp_path):
   config.data.prepared_dir = ''
   with pytest.raises(ValueError, match='data.prepared_dir to a path every process sees'):
     cache.ensure(config.data, sentences=False, shard=0, num_shards=2)
+
+
+def test_a_huggingface_tokenizer_directory(corpus, tmp_path):
+  import io
+  import sentencepiece as spm
+  from zoo.data import hf_tokenizer
+  root, docs, _ = corpus
+  model = io.BytesIO()  # a T5-style vocabulary (spiece.model): pad 0, eos 1, unk 2, 100 sentinels above it
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(docs), model_writer=model, vocab_size=120, pad_id=0,
+                                 eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  (tmp_path / 'hf').mkdir()
+  (tmp_path / 'hf' / 'spiece.model').write_bytes(model.getvalue())
+  hf = hf_tokenizer.HFTokenizer.load(str(tmp_path / 'hf'))
+  m = prepare.prepare(f'text:{root}/*.txt', str(tmp_path / 'out'), tokenizer=str(tmp_path / 'hf'), workers=1,
+                      progress=False)
+  assert m['tokenizer']['kind'] == 'hf' and m['tokenizer']['vocab_size'] == hf.vocab_size == 220
+  assert sorted(all_docs(tmp_path / 'out')) == sorted(hf.encode_batch(docs))  # its ids, no special tokens added
+  assert (tmp_path / 'out' / 'tokenizer' / 'spiece.model').read_bytes() == model.getvalue()
+  with pytest.raises(ValueError, match='another tokenizer'):
+    make(corpus, tmp_path / 'out')
+  config = importlib.import_module('configs.gpt').get_config('tiny')
+  config.data.source = f'prepared:{tmp_path}/out'
+  with pytest.raises(prepared.PreparedError, match='train.py trains with zoo SentencePiece tokenizers for now'):
+    train.load_tokenizer(config, str(tmp_path / 'run'))

@@ -85,13 +85,19 @@ class _SplitWriter:
 _TOKENIZERS: dict = {}
 
 
-def _tokenizer(path: str) -> tk.Tokenizer:
+def _tokenizer(path: str):
   if path not in _TOKENIZERS:  # once per worker process
-    _TOKENIZERS[path] = tk.Tokenizer.load(path)
+    if paths.path(path).is_dir():
+      from zoo.data import hf_tokenizer
+      _TOKENIZERS[path] = hf_tokenizer.HFTokenizer.load(path)
+    else:
+      _TOKENIZERS[path] = tk.Tokenizer.load(path)
   return _TOKENIZERS[path]
 
 
-def _encode(tok: tk.Tokenizer, texts: list[str], opts: Options) -> tuple[list[list[int]], list | None]:
+def _encode(tok, texts: list[str], opts: Options) -> tuple[list[list[int]], list | None]:
+  if not isinstance(tok, tk.Tokenizer):  # a HuggingFace tokenizer: ids only, no special tokens added
+    return tok.encode_batch(texts), None
   if not (opts.sentences or opts.word_segmenter):
     return tok.encode_batch(texts, num_threads=1), None
   ids, flags = [], []
@@ -162,11 +168,52 @@ def _done(directory: str, unit: dict) -> dict | None:
     return None
 
 
-def _plan(directory: str, opts: Options, units: list[dict], tok: tk.Tokenizer) -> dict:
-  return {'format': prepared.FORMAT, 'options': dataclasses.asdict(opts), 'units': units,
-          'tokenizer': {'file': 'tokenizer.model', 'sha256': prepared.sha256_bytes(tok.model_proto),
-                        'vocab_size': tok.vocab_size},
-          'dtype': 'uint16' if tok.vocab_size <= 1 << 16 else 'uint32'}
+def _plan(directory: str, opts: Options, units: list[dict], tok) -> dict:
+  if isinstance(tok, tk.Tokenizer):
+    info = {'file': 'tokenizer.model', 'kind': 'zoo', 'sha256': prepared.sha256_bytes(tok.model_proto),
+            'vocab_size': tok.vocab_size}
+  else:
+    info = {'file': 'tokenizer', 'kind': 'hf', 'sha256': _files_sha(paths.join(directory, 'tokenizer')),
+            'vocab_size': tok.vocab_size}
+  return {'format': prepared.FORMAT, 'options': dataclasses.asdict(opts), 'units': units, 'tokenizer': info,
+          'dtype': 'uint16' if info['vocab_size'] <= 1 << 16 else 'uint32'}
+
+
+_HF_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.txt',
+             'vocab.json', 'merges.txt', 'spiece.model', 'config.json')
+
+
+def _hf_files(directory: str) -> dict:
+  return {n: paths.path(directory).joinpath(n).read_bytes() for n in _HF_FILES
+          if paths.path(directory).joinpath(n).exists()}
+
+
+def _files_sha(directory: str) -> str:
+  return prepared.sha256_bytes(b''.join(n.encode() + b'\0' + prepared.sha256_bytes(b).encode()
+                                        for n, b in sorted(_hf_files(directory).items())))
+
+
+def _hf_tokenizer_for(directory: str, tokenizer: str, opts: Options):
+  """A HuggingFace tokenizer directory's files copied to DIR/tokenizer/ (its ids and special ids kept)."""
+  from zoo.data import hf_tokenizer
+  if opts.sentences or opts.word_segmenter:
+    raise ValueError('--sentences and --word_segmenter record offsets that only a zoo SentencePiece tokenizer gives: '
+                     'prepare with --tokenizer=<zoo .model> or --vocab_size=N')
+  if hf_tokenizer.usable_files(tokenizer) is None:
+    raise ValueError(f'--tokenizer={tokenizer} is a directory without HuggingFace tokenizer files (tokenizer.json, '
+                     f'spiece.model, vocab.txt, or vocab.json and merges.txt)')
+  target, files = paths.join(directory, 'tokenizer'), _hf_files(tokenizer)
+  if paths.path(directory).joinpath('tokenizer.model').exists() or (
+      paths.path(target).exists() and _hf_files(target) != files):
+    raise ValueError(f'--out={directory} was prepared with another tokenizer than --tokenizer={tokenizer}: use a '
+                     f'new --out')
+  paths.path(target).mkdir(parents=True, exist_ok=True)
+  for name, data in files.items():
+    if not paths.path(target).joinpath(name).exists():
+      tmp = paths.join(target, f'.{name}.tmp-{uuid.uuid4().hex[:8]}')
+      paths.path(tmp).write_bytes(data)
+      paths.path(tmp).replace(paths.join(target, name))
+  return hf_tokenizer.HFTokenizer.load(target)
 
 
 def _check_plan(directory: str, plan: dict) -> None:
@@ -184,10 +231,12 @@ def _check_plan(directory: str, plan: dict) -> None:
 
 
 def _tokenizer_for(directory: str, opts: Options, units: list[dict], tokenizer: str | None, vocab_size: int | None,
-                   num_sentinels: int, sample_chars: int, shard: int, wait_s: float,
-                   model_type: str = 'unigram') -> tk.Tokenizer:
-  """The tokenizer file DIR/tokenizer.model: copied, reused from an earlier run, or trained by shard 0."""
+                   num_sentinels: int, sample_chars: int, shard: int, wait_s: float, model_type: str = 'unigram'):
+  """The tokenizer file DIR/tokenizer.model: copied, reused from an earlier run, or trained by shard 0; or a
+  HuggingFace tokenizer directory's files in DIR/tokenizer/."""
   path = paths.join(directory, 'tokenizer.model')
+  if tokenizer and paths.path(tokenizer).is_dir():
+    return _hf_tokenizer_for(directory, tokenizer, opts)
   if tokenizer:
     tok = tk.Tokenizer.load(tokenizer)
     if paths.path(path).exists() and paths.path(path).read_bytes() != tok.model_proto:
@@ -271,7 +320,7 @@ def prepare(source: str, out: str, *, tokenizer: str | None = None, vocab_size: 
   sizes = {u['name']: u.get('end', 1) - u.get('start', 0) for u in mine}
   bar = _progress(progress, sum(sizes.values()), f'shard {shard}/{num_shards}' if num_shards > 1 else '')
   start, tokens = time.perf_counter(), 0
-  args = (os.fspath(paths.join(out, 'tokenizer.model')), plan['dtype'])
+  args = (os.fspath(paths.join(out, plan['tokenizer']['file'])), plan['dtype'])
   if workers == 1:
     for u in mine:
       record = prepare_unit(out, u, opts, *args)
@@ -340,7 +389,8 @@ def main(argv=None) -> None:
                                        "'tfds:<name>[:<field>]', 'hf:<dataset dir or Hub name>[:<field>]' or "
                                        "'default'")
   parser.add_argument('--out', help='the directory to write (local, or gs://...)')
-  parser.add_argument('--tokenizer', default=None, help='a SentencePiece .model that zoo trained')
+  parser.add_argument('--tokenizer', default=None, help='a SentencePiece .model that zoo trained, or a HuggingFace '
+                                                        'tokenizer directory')
   parser.add_argument('--vocab_size', type=int, default=None, help='train a tokenizer of this size on a sample')
   parser.add_argument('--num_sentinels', type=int, default=100)
   parser.add_argument('--model_type', choices=('unigram', 'bpe'), default='unigram', help='of a trained tokenizer')

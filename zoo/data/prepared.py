@@ -9,7 +9,7 @@ records) and per split:
   units/<unit>.<split>.flags    (optional) uint8 per token: bit 0 a sentence starts here, bit 1 a word does
   units/<unit>.json             written last: the unit is complete (its counts, sizes and sha256 hashes)
   manifest.json                 written when every unit is: source, tokenizer and its hash, counts, features
-  tokenizer.model               the tokenizer every token was made with
+  tokenizer.model               the tokenizer every token was made with (or tokenizer/: a HuggingFace one's files)
 
 Token and index files are read by range, with `os.pread` when local and through etils.epath on a bucket; nothing is
 memory-mapped, so the reader's memory grows neither with the corpus nor with what it has read.
@@ -85,6 +85,10 @@ def tokenizer_proto(directory: str, manifest: dict | None = None) -> bytes:
   """The tokenizer file (SentencePiece model bytes) a prepared corpus was made with, checked against the
   manifest's hash."""
   manifest = manifest or load_manifest(directory)
+  if manifest['tokenizer'].get('kind', 'zoo') != 'zoo':
+    raise PreparedError(f'prepared:{directory} was made with the HuggingFace tokenizer in {directory}/tokenizer: '
+                        f'train.py trains with zoo SentencePiece tokenizers for now; prepare the corpus with '
+                        f'--tokenizer=<zoo .model> or --vocab_size=N')
   path = paths.join(directory, manifest['tokenizer']['file'])
   if not paths.is_file(path):
     raise PreparedError(f'{path} is missing: the prepared corpus {directory} is incomplete; prepare it again')
