@@ -160,3 +160,19 @@ def test_xla_causal_blocks_equal_the_whole_square(kind, length, dtype):
   np.testing.assert_allclose(float(got), float(want), rtol=tol)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize('segments', [False, True])
+def test_the_cudnn_branch_keeps_glm_prefix_bidirectional(segments):
+  """The cudnn branch's call, run through jax's XLA implementation of the same function (the CPU has no cuDNN),
+  equals the xla path on a GLM mask: part A (keys before the prefix) is seen by every query."""
+  q, k, v = qkv()
+  prefix = jnp.asarray([40, 70], jnp.int32)
+  mask = Mask(packed(), packed(), prefix=prefix, causal=True) if segments else Mask(prefix=prefix, causal=True)
+  real = np.ones((B, T, 1, 1)) if not segments else np.asarray(packed() > 0)[:, :, None, None]
+  out = kernels.cudnn_attention(q, k, v, mask, None, H ** -0.5, implementation=None)
+  ref = kernels.attend(q, k, v, mask, implementation='xla')
+  np.testing.assert_allclose(np.asarray(out) * real, np.asarray(ref) * real, rtol=1e-5, atol=1e-5)
+  causal = kernels.attend(q, k, v, Mask(packed(), packed(), causal=True) if segments else Mask(causal=True),
+                          implementation='xla')
+  assert np.abs((np.asarray(ref) - np.asarray(causal)) * real).max() > 0.1  # the prefix matters on these rows

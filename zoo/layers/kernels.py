@@ -211,14 +211,19 @@ def _segments(mask: Mask | None, b: int, t: int, s: int):
   return mask.q_segments.astype(jnp.int32), kv
 
 
-def _cudnn(q, k, v, mask, bias, scale):
-  dense = None
-  if mask is not None and mask.kv_segments is not None:
+def cudnn_attention(q, k, v, mask: Mask | None, bias, scale: float, implementation: str | None = 'cudnn'):
+  """The `cudnn` branch: `jax.nn.dot_product_attention` with the mask as cuDNN takes it (its causal flag, the
+  segments as a dense mask). GLM's prefix is not a causal mask: its part A sees keys past the diagonal, so a
+  prefix mask goes whole as a dense mask. implementation: jax's (None: its XLA one, which the CPU tests run)."""
+  dense, causal = None, mask is not None and mask.causal
+  if mask is not None and mask.prefix is not None:
+    dense, causal = mask.dense(q.shape[1], k.shape[1]), False
+  elif mask is not None and mask.kv_segments is not None:
     dense = Mask(mask.q_segments, mask.kv_segments).dense(q.shape[1], k.shape[1])
   if bias is not None:
     bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias, mask=dense, scale=scale,
-                                      is_causal=mask is not None and mask.causal, implementation='cudnn')
+                                      is_causal=causal, implementation=implementation)
 
 
 def _splash(q, k, v, q_seg, kv_seg, *, causal: bool, scale: float, interpret: bool):
@@ -279,7 +284,7 @@ def attend(q, k, v, mask=None, bias=None, *, scale: float | None = None, dropout
                          dtype=dtype)
   q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
   if impl == 'cudnn':
-    return _cudnn(q, k, v, mask, bias, scale).astype(dtype)
+    return cudnn_attention(q, k, v, mask, bias, scale).astype(dtype)
   q_seg, kv_seg = _segments(mask, q.shape[0], q.shape[1], k.shape[1])
   fn = {'splash': _splash, 'pallas': _pallas}[impl]
   kernel = functools.partial(fn, causal=mask is not None and mask.causal, scale=scale, interpret=_interpret())
