@@ -90,3 +90,24 @@ def test_generation_is_scored_by_exact_match(gpt_workdir):
   out = fewshot.evaluate_generation(loaded, records, template='{q} =', target_field='a', max_new=6)
   assert out['answers'] == greedy
   assert out['exact_match'] == 0.5
+
+
+def test_choices_are_scored_as_the_prompt_and_choice_encode_together():
+  """With zoo's SentencePiece tokenizer, ' positive' encoded alone starts with a lone '▁' that the prompt and the
+  choice encoded together never have: the choice's tokens are those of the joint text after the prompt."""
+  from zoo.data import tokenizer as tk
+  texts = [f'Review: the film was {w}. Sentiment: {s}' for w, s in
+           [('great', 'positive'), ('awful', 'negative'), ('fine', 'positive'), ('dull', 'negative')]] * 30
+  tok = tk.train_tokenizer(texts, vocab_size=300, num_sentinels=0)
+  prompt, choices = 'Review: the film was great. Sentiment:', ['positive', 'negative']
+  for choice in choices:
+    full = tok.encode(f'{prompt} {choice}')
+    p, x = fewshot.choice_tokens(tok, prompt, choice)
+    assert p + x == full and p == tok.encode(prompt)
+    apart = tok.encode(' ' + choice)  # what scoring the choice apart used: one '▁' more, a space never trained on
+    assert [tok.piece(i) for i in apart] == ['▁'] + [tok.piece(i) for i in x]
+  model = Bigram(vocab=tok.vocab_size)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params']
+  got = fewshot.choice_loglik(model, params, tok, 'gpt', prompt, choices)
+  want = [_expected(params['w'], tok.encode(prompt)[-1:] + fewshot.choice_tokens(tok, prompt, c)[1]) for c in choices]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -66,17 +66,36 @@ def _batch(rows: list[dict], keys: Sequence[str], length: int) -> dict[str, np.n
   return out
 
 
+def choice_tokens(tokenizer, prompt: str, choice: str) -> tuple[list[int], list[int]]:
+  """(prompt ids, choice ids) as the prompt and the choice, after a space, encode together: the tokens a model saw
+  in training. Encoded apart, ' positive' would start with a lone '▁' that the joint text never has. Where the
+  joint encoding changes the prompt's last tokens, the common prefix is the prompt.
+
+  >>> class Words:  # a word per id, the space before it included (as SentencePiece's '▁word')
+  ...   def encode(self, text):
+  ...     return [len(w) for w in text.replace(' ', ' _').split(' ')]
+  >>> choice_tokens(Words(), 'It was', 'good')
+  ([2, 4], [5])
+  """
+  full = tokenizer.encode(prompt + ('' if choice.startswith(' ') else ' ') + choice)
+  p = tokenizer.encode(prompt)
+  n = 0
+  while n < min(len(p), len(full) - 1) and p[n] == full[n]:
+    n += 1
+  return full[:n], full[n:]
+
+
 def choice_loglik(model, params, tokenizer, family: str | contract_lib.Contract, prompt: str,
                   choices: Sequence[str]) -> np.ndarray:
   """Total log-likelihood of each choice after the prompt: [len(choices)] float. `family` is a family name or
   its `zoo.contract.Contract` (which says how the prompt and the choice are laid out, as in fine-tuning)."""
   c = contract_lib.of(family) if isinstance(family, str) else family
-  p = tokenizer.encode(prompt)
-  cs = [tokenizer.encode(' ' + ch if not ch.startswith(' ') else ch) for ch in choices]
-  length = _bucket(len(p) + 2 + max(len(x) for x in cs))
-  rows = [contract_lib.pair(c, p, x, length, close=False) for x in cs]  # the choice's tokens, no stop token
+  pairs = [choice_tokens(tokenizer, prompt, ch) for ch in choices]
+  cs = [x for _, x in pairs]
+  length = _bucket(max(len(p) for p, _ in pairs) + 2 + max(len(x) for x in cs))
+  rows = [contract_lib.pair(c, p, x, length, close=False) for p, x in pairs]  # the choice's tokens, no stop token
   if c.encoder_decoder:
-    src = _batch(rows, ['tokens'], _bucket(len(p) + 1))['tokens']
+    src = _batch(rows, ['tokens'], _bucket(max(len(p) for p, _ in pairs) + 1))['tokens']
     dec = _batch(rows, ['decoder_tokens', 'targets', 'weights'], _bucket(max(len(x) for x in cs)))
     inputs = {'tokens': src, 'decoder_tokens': dec['decoder_tokens']}
     return np.asarray(_logp(model, params, inputs, dec['targets'], dec['weights']))
