@@ -24,5 +24,10 @@ def get_config(size: str = 'tiny'):
   c.objective.positive_rate = 0.5  # pairs in order
   c.objective.masking = 'whole_word'  # n-grams of whole words ...
   c.objective.ngram_max = 3  # ... of n <= 3 words, p(n) ~ 1/n (ALBERT's n-gram masking)
-  c.optimizer.learning_rate = 2e-3 if (size or 'tiny') == 'tiny' else 1.76e-3  # LAMB's in the paper
+  if (size or 'tiny') == 'tiny':
+    c.optimizer.learning_rate = 2e-3
+  else:  # the paper's: LAMB at 1.76e-3 (its batch is 4096: set train.batch_size=4096 to match it)
+    c.optimizer.name = 'lamb'
+    c.optimizer.learning_rate = 1.76e-3
+    c.optimizer.weight_decay = 0.01
   return c

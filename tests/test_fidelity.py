@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import albert as albert_config
 from configs import t5 as t5_config
 from zoo import models, objectives, optim
 from zoo.layers import adapters as adapters_lib
@@ -215,9 +216,33 @@ def test_adafactor_is_optax_adafactor_and_t5_uses_it():
   assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.decay) == ('adafactor', 1e-2, 'rsqrt')
   check(c)
   assert t5_config.get_config('tiny').optimizer.name == 'adamw'
-  c.optimizer.name = 'lamb'
+  c.optimizer.name = 'lion'
   with pytest.raises(ValueError, match='optimizer.name'):
     check(c)
+
+
+def test_albert_trains_with_optax_lamb_as_its_paper():
+  cfg = _opt_cfg(name='lamb', learning_rate=1.76e-3, decay='constant', warmup_steps=0, weight_decay=0.01,
+                 clip_norm=0.0, b1=0.9, b2=0.999, eps=1e-6)
+  tx, _ = optim.make_optimizer(cfg, total_steps=10)
+  rng = np.random.default_rng(0)
+  params = {'dense': {'kernel': jnp.asarray(10 * rng.normal(size=(64, 32)), jnp.float32), 'bias': jnp.ones(32)},
+            'norm': {'scale': jnp.full(32, 2.0)}}
+  grads = jax.tree.map(lambda p: jnp.cos(p) * 0.1, params)
+  got, _ = tx.update(grads, tx.init(params), params)
+  ref = optax.lamb(1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+                   mask={'dense': {'kernel': True, 'bias': False}, 'norm': {'scale': False}})
+  want, _ = ref.update(grads, ref.init(params), params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  adam = optax.adamw(1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01)
+  moved = adam.update(grads, adam.init(params), params)[0]
+  assert not np.allclose(got['dense']['kernel'], moved['dense']['kernel'], rtol=1e-2)  # the trust ratio acts
+  for size in ('base', 'large', 'xxlarge'):
+    c = albert_config.get_config(size)
+    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == ('lamb', 1.76e-3, 0.01)
+    check(c)
+  assert albert_config.get_config('tiny').optimizer.name == 'adamw'
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 20  # batches of the validation split per evaluation (0: all of it)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adamw'  # 'adafactor' (T5's: factored moments), 'sgd' (the RNN papers'); b1, b2, eps: Adam's
+  c.optimizer.name = 'adamw'  # 'lamb' (ALBERT's), 'adafactor' (T5's: factored moments), 'sgd' (the RNN papers')
   c.optimizer.learning_rate = 1e-3  # peak learning rate
   c.optimizer.warmup_steps = 100  # linear warm-up from 0
   c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up; rsqrt: the Transformer's 1/sqrt(step)
@@ -153,7 +153,7 @@ RULES = {
     'train.microbatches': (_INT, 1, None), 'train.eval_every': (_INT, 0, None),
     'train.eval_batches': (_INT, 0, None),
     'optimizer.learning_rate': (_FLOAT, 0.0, 10.0), 'optimizer.warmup_steps': (_INT, 0, None),
-    'optimizer.name': ('adamw', 'adafactor', 'sgd'),
+    'optimizer.name': ('adamw', 'lamb', 'adafactor', 'sgd'),
     'optimizer.decay': ('cosine', 'linear', 'constant', 'rsqrt'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
     'optimizer.weight_decay': (_FLOAT, 0.0, 10.0), 'optimizer.b1': (_FLOAT, 0.0, 0.9999),
     'optimizer.b2': (_FLOAT, 0.0, 0.99999), 'optimizer.eps': (_FLOAT, 0.0, 1.0),
