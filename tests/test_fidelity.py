@@ -649,3 +649,18 @@ def test_sgd_is_optax_sgd_after_clipping():
   grads = {'w': jnp.array([30.0, 40.0, 0.0])}  # norm 50: clipped to 5
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['w'], [-3.0, -4.0, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize('family', ['bart', 't5'])
+def test_only_t5_drops_out_after_the_last_layer(family):
+  """T5 applies dropout after its final RMSNorm; BART and the Transformer (post-LN) end on the last layer's norm."""
+  model = models.get_model(family, 'tiny', dropout_rate=0.5)
+  tokens = jnp.arange(1, 33, dtype=jnp.int32)[None] % 50 + 10
+  params = model.init(jax.random.key(0), tokens, tokens)['params']
+  out = model.apply({'params': params}, tokens, deterministic=False, method=model.encode,
+                    rngs={'dropout': jax.random.key(1)})
+  zeros = float((np.asarray(out) == 0).mean())
+  if family == 't5':
+    np.testing.assert_allclose(zeros, 0.5, atol=0.05)
+  else:
+    assert zeros == 0.0

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 20  # batches of the validation split per evaluation (0: all of it)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adamw'  # 'lamb' (ALBERT's), 'adafactor' (T5's: factored moments), 'sgd' (the RNN papers')
+  c.optimizer.name = 'adamw'  # 'lamb' (ALBERT's), 'adafactor' (T5's), 'sgd' (the RNN papers'); b1, b2, eps: Adam's
   c.optimizer.learning_rate = 1e-3  # peak learning rate
   c.optimizer.warmup_steps = 100  # linear warm-up from 0
   c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up; rsqrt: the Transformer's 1/sqrt(step)

@@ -154,9 +154,10 @@ class _Stack(nn.Module):
         **_mesh_tf_init(self.embed_dim, self.mlp_dim, self.num_heads, self.head_dim, self.mesh_tf_init))
     x = transformer.stack_layers(block, self.num_layers, x, mask, bias, None, encoded, cross_mask,
                                  deterministic, decode, scan=self.scan_layers, remat=self.remat)
-    if self.pre_ln:
-      x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
-    return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    if not self.pre_ln:  # post-LN (BART, the Transformer): the last layer's norm is the output, as in theirs
+      return x
+    x = common.norm(self.norm, eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)  # T5 drops after its final RMSNorm
 
 
 class EncoderDecoder(nn.Module):
