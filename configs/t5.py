@@ -26,7 +26,8 @@ def get_config(size: str = 'tiny'):
   c.optimizer.learning_rate = 3e-3 if tiny else 1e-2
   c.optimizer.warmup_steps = 30 if tiny else 10_000
   c.optimizer.weight_decay = 0.0
-  if not tiny:  # T5's: Adafactor at 1e-2, inverse-square-root decay after 10k steps (linear warm-up here)
+  if not tiny:  # T5's: Adafactor at 1e-2 held for 10k steps, then 1/sqrt(step); no gradient clipping
     c.optimizer.name = 'adafactor'
-    c.optimizer.decay = 'rsqrt'
+    c.optimizer.decay = 'rsqrt_hold'
+    c.optimizer.clip_norm = 0.0
   return c

@@ -213,7 +213,11 @@ def test_adafactor_is_optax_adafactor_and_t5_uses_it():
   assert 'FactoredState' in kinds(state) and 'ScaleByAdamState' not in kinds(state)  # factored moments, no Adam
   assert kinds(ref_state) <= kinds(state)
   c = t5_config.get_config('small')
-  assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.decay) == ('adafactor', 1e-2, 'rsqrt')
+  assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.decay) == ('adafactor', 1e-2, 'rsqrt_hold')
+  assert c.optimizer.clip_norm == 0.0  # Mesh TF clips nothing
+  schedule = optim.make_schedule(c.optimizer, c.train.steps)
+  for step in (0, 1, 9_999, 10_000, 40_000, 250_000):  # Mesh TF's rsqrt_decay: 1 / sqrt(max(step, 10^4))
+    np.testing.assert_allclose(float(schedule(step)), 1 / np.sqrt(max(step, 10_000)), rtol=1e-6)
   check(c)
   assert t5_config.get_config('tiny').optimizer.name == 'adamw'
   c.optimizer.name = 'lion'

@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.name = 'adamw'  # 'lamb' (ALBERT's), 'adafactor' (T5's), 'sgd' (the RNN papers'); b1, b2, eps: Adam's
   c.optimizer.learning_rate = 1e-3  # peak learning rate
   c.optimizer.warmup_steps = 100  # linear warm-up from 0
-  c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up; rsqrt: the Transformer's 1/sqrt(step)
+  c.optimizer.decay = 'cosine'  # cosine, linear or constant after warm-up; rsqrt: the Transformer's; rsqrt_hold: T5's
   c.optimizer.decay_steps = -1  # where the decay ends (-1: train.steps); fix it to split one run in parts
   c.optimizer.end_lr_fraction = 0.1  # final learning rate / peak
   c.optimizer.weight_decay = 0.01  # AdamW decay, not applied to biases and norm scales
@@ -154,7 +154,7 @@ RULES = {
     'train.eval_batches': (_INT, 0, None),
     'optimizer.learning_rate': (_FLOAT, 0.0, 10.0), 'optimizer.warmup_steps': (_INT, 0, None),
     'optimizer.name': ('adamw', 'lamb', 'adafactor', 'sgd'),
-    'optimizer.decay': ('cosine', 'linear', 'constant', 'rsqrt'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
+    'optimizer.decay': ('cosine', 'linear', 'constant', 'rsqrt', 'rsqrt_hold'), 'optimizer.end_lr_fraction': (_FLOAT, 0.0, 1.0),
     'optimizer.weight_decay': (_FLOAT, 0.0, 10.0), 'optimizer.b1': (_FLOAT, 0.0, 0.9999),
     'optimizer.b2': (_FLOAT, 0.0, 0.99999), 'optimizer.eps': (_FLOAT, 0.0, 1.0),
     'optimizer.clip_norm': (_FLOAT, 0.0, None),

@@ -35,6 +35,18 @@ def rsqrt_schedule(peak: float, warmup: int) -> optax.Schedule:
   return schedule
 
 
+def rsqrt_hold_schedule(peak: float, hold: int) -> optax.Schedule:
+  """T5's (Mesh TensorFlow's `rsqrt_decay`): the peak for the first `hold` steps, then peak * sqrt(hold / step),
+  which is 1 / sqrt(max(step, 10^4)) at T5's peak 1e-2 and hold 10^4. No ramp from 0.
+
+  >>> s = rsqrt_hold_schedule(1e-2, 10_000)
+  >>> [round(float(s(step)), 6) for step in (0, 5_000, 10_000, 40_000)]
+  [0.01, 0.01, 0.01, 0.005]
+  """
+  h = float(max(hold, 1))
+  return lambda step: peak * jax.lax.rsqrt(jnp.maximum(jnp.asarray(step, jnp.float32), h) / h)
+
+
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   decay_steps = cfg.decay_steps if cfg.decay_steps > 0 else total_steps
   peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_fraction
@@ -42,6 +54,8 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   decay_steps = max(decay_steps, warmup + 1)  # a run shorter than its warm-up still gets a schedule
   if cfg.decay == 'rsqrt':  # decay_steps and end_lr_fraction do not apply: it decays as 1/sqrt(step) for ever
     return rsqrt_schedule(peak, warmup)
+  if cfg.decay == 'rsqrt_hold':  # warmup_steps is how long it holds the peak
+    return rsqrt_hold_schedule(peak, warmup)
   if cfg.decay == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end)
   rest = max(decay_steps - warmup, 1)
@@ -50,7 +64,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   elif cfg.decay == 'constant':
     after = optax.constant_schedule(peak)
   else:
-    raise ValueError(f"optimizer.decay={cfg.decay!r}: use 'cosine', 'linear', 'constant' or 'rsqrt'")
+    raise ValueError(f"optimizer.decay={cfg.decay!r}: use 'cosine', 'linear', 'constant', 'rsqrt' or 'rsqrt_hold'")
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
