@@ -2,6 +2,7 @@
 residual initialization, LoRA's own dropout rate, T5's Mesh TensorFlow initialization and Adafactor. Each is
 checked against the formula written out in numpy, not against zoo's own code."""
 import flax.linen as nn
+from flax.traverse_util import flatten_dict as flax_flatten
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -668,3 +669,20 @@ def test_only_t5_drops_out_after_the_last_layer(family):
     np.testing.assert_allclose(zeros, 0.5, atol=0.05)
   else:
     assert zeros == 0.0
+
+
+def test_glm_scales_its_output_projections_as_megatron():
+  """GLM's reference (Megatron-based) draws the attention output and MLP output kernels from N(0, 0.02 / sqrt(2 L)),
+  the other kernels from N(0, 0.02)."""
+  model = models.get_model('glm', 'tiny', num_layers=4, embed_dim=256, mlp_dim=1024, num_heads=4)
+  tokens = jnp.arange(1, 17, dtype=jnp.int32)[None]
+  params = nn.unbox(model.init(jax.random.key(0), tokens, context_length=jnp.asarray([8]))['params'])
+  flat = flax_flatten(params)
+  want = 0.02 / np.sqrt(2 * 4)
+  outs = [v for k, v in flat.items() if k[-1] == 'kernel' and any(p in ('out', 'wo') for p in k)]
+  others = [v for k, v in flat.items() if k[-1] == 'kernel' and any(p in ('query', 'key', 'value', 'wi') for p in k)]
+  assert len(outs) == 8 and others
+  for v in outs:
+    np.testing.assert_allclose(float(np.std(np.asarray(v))), want, rtol=0.1)
+  for v in others:
+    np.testing.assert_allclose(float(np.std(np.asarray(v))), 0.02, rtol=0.1)

@@ -188,8 +188,8 @@ class EncoderDecoder(nn.Module):
   embed_scale: bool = False
   # T5's initialisation (Mesh TF, `_mesh_tf_init`): MLP wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5); attention
   # q N(0, (d_model d_kv)^-0.5), k/v N(0, d_model^-0.5), o N(0, (heads d_kv)^-0.5); relative bias
-  # N(0, d_model^-0.5). The token embeddings keep zoo's normal(0.02), not Mesh TF's N(0, 1): with the tied head's
-  # d^-0.5 scaling, N(0, 1) starts training ~0.5 nats above chance (logits of std 1).
+  # N(0, d_model^-0.5); the token embeddings Mesh TF's N(0, 1), whose tied head (d^-0.5 scaling) gives logits of
+  # std 1 at the start: training starts about half a nat above ln V, as T5's did.
   mesh_tf_init: bool = True
   tie_embeddings: bool = True
   scale_tied_logits: bool = True  # T5: logits = (x * d^-0.5) E^T

@@ -100,7 +100,8 @@ class Glm(nn.Module):
         transformer.TransformerBlock, num_heads=self.num_heads,
         head_dim=common.head_dim(self.embed_dim, self.num_heads), mlp_dim=self.mlp_dim,
         activation=self.activation, norm='layernorm', norm_eps=self.norm_eps, pre_ln=True,
-        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters, attention=self.attention)
+        dropout_rate=self.dropout_rate, dtype=self.dtype, adapters=self.adapters, attention=self.attention,
+        residual_init_scale=(2 * self.num_layers) ** -0.5)  # Megatron's, which GLM's code builds on: 0.02 / sqrt(2 L)
     x = transformer.stack_layers(block, self.num_layers, x, mask, None, None, None, None, deterministic, decode,
                                  scan=self.scan_layers, remat=self.remat)
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='final_norm')(x)
