@@ -686,3 +686,34 @@ def test_glm_scales_its_output_projections_as_megatron():
     np.testing.assert_allclose(float(np.std(np.asarray(v))), want, rtol=0.1)
   for v in others:
     np.testing.assert_allclose(float(np.std(np.asarray(v))), 0.02, rtol=0.1)
+
+
+@pytest.mark.parametrize('pair_task', ['sop', 'nsp'])
+def test_sentence_pairs_keep_the_segmenters_word_boundaries(pair_task):
+  """With the batch's word_starts (Chinese words from jieba), whole-word masking in NSP/SOP masks those words, as
+  plain MLM does: without them every run of characters between [CLS] and [SEP] was one 'word' (a whole piece)."""
+  from zoo.objectives.sentence_pairs import MlmNsp
+  vocab, special, b, t = 300, 10, 8, 128
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(special, vocab, (b, t)).astype(np.int32)
+  seg = np.repeat(np.arange(1, 5), t // 4)[None].repeat(b, 0).astype(np.int32)  # 4 documents a row
+  sent = (np.arange(t) % 32 // 8 + 1)[None].repeat(b, 0).astype(np.int32)  # 4 sentences each
+  starts = np.zeros((b, t), np.int32)
+  starts[:, ::2] = 1  # words of two characters
+  batch = {'tokens': tokens, 'segment_ids': seg, 'sentence_ids': sent, 'word_starts': starts,
+           'positions': np.tile(np.arange(t) % 32, (b, 1)).astype(np.int32),
+           'document_ids': (seg + 10 * np.arange(b)[:, None]).astype(np.int32)}
+  obj = MlmNsp(vocab_size=vocab, num_special=special, masking='whole_word', pair_task=pair_task,
+               word_starts=np.zeros(vocab, bool))  # a character vocabulary: no '▁' pieces
+  runs, shares = [], []
+  for seed in range(20):
+    out = obj.example(batch, np.random.default_rng(seed))
+    for row in range(b):
+      chosen = np.sort(out['mlm_positions'][row][out['mlm_weights'][row] > 0])
+      real = int(((out['segment_ids'][row] > 0) & (out['tokens'][row] >= special) |
+                  np.isin(np.arange(t), chosen)).sum())
+      shares.append(len(chosen) / max(real, 1))
+      cuts = np.flatnonzero(np.diff(chosen) > 1)
+      runs += [len(r) for r in np.split(chosen, cuts + 1) if len(r)]
+  assert np.mean(runs) < 3  # words of two (neighbours join runs now and then); a whole piece was ~30
+  np.testing.assert_allclose(np.mean(shares), 0.15, atol=0.03)

@@ -30,19 +30,36 @@ log = logging.getLogger('zoo')
 def documents(batch: Batch, num_special: int) -> tuple[list[list[np.ndarray]], np.ndarray]:
   """The batch's document pieces (each packed segment of each row) as lists of sentences of ordinary tokens,
   and each piece's document id: the pipeline's document_ids (one document over all the rows it reaches), else
-  one id per segment of each row (negative numbers)."""
+  one id per segment of each row (negative numbers). With the batch's `word_starts` (a Chinese word segmenter's),
+  each token comes as `with_start`'s token * 2 + start, so that cutting and truncating keep the two together."""
   docs, ids = [], []
   t = batch['tokens'].shape[1]
   doc_ids = batch.get('document_ids')
+  starts = batch.get('word_starts')
   for row, (tokens, seg, sent) in enumerate(zip(batch['tokens'], batch['segment_ids'], batch['sentence_ids'])):
+    keep = tokens >= num_special
+    values = tokens if starts is None else with_start(tokens, starts[row])
     for s in np.unique(seg[seg > 0]):
       in_doc = seg == s
-      sentences = [tokens[in_doc & (sent == k)] for k in np.unique(sent[in_doc])]
-      sentences = [y for y in (x[x >= num_special] for x in sentences) if len(y)]
+      sentences = [values[in_doc & (sent == k) & keep] for k in np.unique(sent[in_doc])]
+      sentences = [x for x in sentences if len(x)]
       if sentences:
         docs.append(sentences)
         ids.append(int(doc_ids[row][in_doc][0]) if doc_ids is not None else -(row * (t + 1) + int(s)))
   return docs, np.asarray(ids, np.int64)
+
+
+def with_start(tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
+  """token * 2 + (1 where a word starts): one int64 per token (`split_start` undoes it).
+
+  >>> split_start(with_start(np.array([7, 9]), np.array([1, 0])))
+  (array([7, 9]), array([1, 0]))
+  """
+  return np.asarray(tokens, np.int64) * 2 + (np.asarray(starts) > 0)
+
+
+def split_start(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  return values >> 1, values & 1
 
 
 def truncate_pair(a: np.ndarray, b: np.ndarray, limit: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -124,10 +141,16 @@ class MlmNsp(Mlm):
     types = np.zeros((b, t), np.int32)
     labels = np.zeros((b,), np.int32)
     weights = np.zeros((b,), np.float32)
+    words = 'word_starts' in batch  # the segmenter's word boundaries go with the tokens into the pairs
+    starts = np.zeros((b, t), np.int32)
     for row in range(b):
       if not docs:
         continue
       a, bb, labels[row], weights[row] = self.pair(docs, ids, rng, t - 3)
+      if words:
+        (a, a_starts), (bb, b_starts) = split_start(a), split_start(bb)
+        row_starts = np.concatenate([[1], a_starts, [1], b_starts, [1]])  # [CLS] and [SEP] are words of their own
+        starts[row, :len(row_starts)] = row_starts
       pair = np.concatenate([[tk.CLS], a, [tk.SEP], bb, [tk.SEP]]).astype(np.int32)
       tokens[row, :len(pair)] = pair
       types[row, len(a) + 2:len(pair)] = 1
@@ -135,7 +158,8 @@ class MlmNsp(Mlm):
       self.remember(docs, ids)
     seg = (tokens > 0).astype(np.int32)
     positions = np.where(seg > 0, np.arange(t, dtype=np.int32)[None], 0)
-    out = super().example({'tokens': tokens, 'segment_ids': seg, 'positions': positions}, rng)
+    out = super().example({'tokens': tokens, 'segment_ids': seg, 'positions': positions,
+                           **({'word_starts': starts} if words else {})}, rng)
     out.update(token_types=types, pair_labels=labels, pair_weights=weights)
     return out
 
