@@ -174,6 +174,24 @@ def test_a_finished_run_ends_with_its_summary(gpt_workdir):
   assert len(summary) == 5  # no TensorBoard line: this run wrote none
 
 
+@pytest.mark.slow
+def test_user_errors_stay_one_line_when_zoo_is_installed_as_a_package(tmp_path):
+  """zoo in site-packages (pip install ., Colab): a check in its own code is still the user's mistake."""
+  import shutil
+  site = tmp_path / 'lib' / 'site-packages'
+  shutil.copytree(pathlib.Path(errors.__file__).parent, site / 'zoo',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  code = ('from zoo import config, errors\n'
+          'c = config.base_config(); c.optimizer.b1 = 1.5\n'
+          'try:\n  config.check(c)\nexcept ValueError as e:\n  print(errors.is_user_error(e), errors.__file__)')
+  env = dict(os.environ, PYTHONPATH=str(site))
+  out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr
+  verdict, where = out.stdout.split()
+  assert where.startswith(str(site)) and verdict == 'True'
+
+
 def test_user_errors_are_one_line_and_library_bugs_keep_their_traceback():
   def zoo_check():
     raise ValueError('train.steps=-5 must be positive')

@@ -11,7 +11,8 @@ import os
 import re
 
 _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, FloatingPointError)
-_REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ZOO_DIR = os.path.dirname(os.path.abspath(__file__))  # the package, in a checkout or in site-packages
+_REPO_DIR = os.path.dirname(_ZOO_DIR)  # a checkout's configs/ and train.py
 
 
 class UserError(Exception):
@@ -19,14 +20,17 @@ class UserError(Exception):
 
 
 def _raised_in_zoo(e: BaseException) -> bool:
-  """Whether the innermost frame that raised e is zoo's own code (zoo/, configs/, train.py), not a library's."""
+  """Whether the innermost frame that raised e is zoo's own code (the zoo package wherever it is installed; a
+  checkout's configs/ and train.py), not a library's."""
   tb = e.__traceback__
   if tb is None:
     return True
   while tb.tb_next is not None:
     tb = tb.tb_next
-  return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_REPO_DIR + os.sep) and (
-      'site-packages' not in tb.tb_frame.f_code.co_filename)
+  path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+  if path.startswith(_ZOO_DIR + os.sep):  # zoo installed as a package lives in site-packages too
+    return True
+  return path.startswith(_REPO_DIR + os.sep) and 'site-packages' not in path
 
 
 def is_user_error(e: BaseException) -> bool:
