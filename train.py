@@ -1,10 +1,11 @@
 """Pretrain (or evaluate) any zoo recipe.
 
   python train.py --config=configs/gpt.py:tiny --workdir=workdir/gpt [--config.train.steps=500 ...]
-  python train.py --config=configs/gpt.py:tiny --workdir=workdir/gpt --mode=eval
+  python train.py --workdir=workdir/gpt --mode=eval
 
 Rerunning a command with the same workdir resumes from its newest checkpoint. --mode=eval restores it onto
-the devices present (another mesh shape, or one CPU) and writes workdir/eval.json. A mistake in a flag, a value or
+the devices present (another mesh shape, or one CPU) and writes workdir/eval.json; without --config it evaluates
+with the workdir's config.json, and a --config whose data or model differs from it is refused. A mistake in a flag, a value or
 a file is one `error:` line (exit status 2); --verbosity=info shows the libraries' logs, --verbosity=debug also
 tracebacks.
 
@@ -26,20 +27,25 @@ flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs, the token
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (then evaluate) or evaluate the newest checkpoint')
 flags.DEFINE_string('aot', None, 'compile for a TPU topology ahead of time (v5e:2x4, v4:2x2x2, v5p:4x4x4) and '
                     'report memory and predicted step time instead of training')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])  # --config too, except for --mode=eval (the workdir's config.json)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logs(flags.FLAGS.verbosity)
+  if flags.FLAGS.config is None and (flags.FLAGS.aot or flags.FLAGS.mode != 'eval'):
+    cli.fail('give --config=configs/<recipe>.py[:<size>] (only --mode=eval reads the workdir\'s config.json)')
   if flags.FLAGS.aot:
     from zoo import aot
     plan = cli.guard(aot.plan, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.aot)
     print(aot.report(plan))
     sys.exit(0 if plan['fits'] else aot.EXIT_DOES_NOT_FIT)
-  from zoo.train import train_and_evaluate
-  cli.guard(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
+  from zoo.train import loop
+  config = flags.FLAGS.config
+  if config is None:  # --mode=eval: what the workdir was trained with
+    config = cli.guard(loop.saved_config, flags.FLAGS.workdir)
+  cli.guard(loop.train_and_evaluate, config, flags.FLAGS.workdir, flags.FLAGS.mode)
 
 
 if __name__ == '__main__':

@@ -394,3 +394,20 @@ def test_200_bad_configs_and_inputs_are_one_line_each_and_lose_no_checkpoint(gpt
       escaped.append(f'{name}: expected one error naming {expected!r}, got {lines}')
   assert not escaped, '\n'.join(escaped)
   assert digest() == before  # every checkpoint file as it was
+
+
+@pytest.mark.slow
+def test_eval_mode_scores_with_the_workdirs_config_and_refuses_other_data(gpt_workdir, tmp_path):
+  import shutil
+  work = str(tmp_path / 'copy')
+  shutil.copytree(gpt_workdir, work)  # the fixture's eval.json stays as its run wrote it
+  trained = json.load(open(os.path.join(gpt_workdir, 'eval.json')))
+  got = loop.train_and_evaluate(loop.saved_config(work), work, mode='eval')
+  assert got['step'] == 6 and got['loss'] == pytest.approx(trained['loss'], rel=1e-5)
+  other = loop.saved_config(work)
+  other.data.source = 'text:/elsewhere/*.txt'
+  with pytest.raises(ValueError, match=r"evaluating with these would score them on other data.*data.source is "
+                                       r"'text:/elsewhere/\*.txt', was 'default'"):
+    loop.train_and_evaluate(other, work, mode='eval')
+  with pytest.raises(FileNotFoundError, match='config.json is missing: give --config'):
+    loop.saved_config(str(tmp_path))

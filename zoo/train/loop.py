@@ -92,26 +92,40 @@ def _flag(field: str, value) -> str:
   return f'--config.{field}={value}' if not isinstance(value, str) or value else f"--config.{field}=''"
 
 
-def check_same_run(config, workdir: str) -> None:
-  """Refuse to resume the checkpoints in workdir with a config that would not continue their run, listing every
-  field that differs and the flags that set them back."""
+# what decides an evaluation's result: the data and what is scored (the mesh, the batch and the seed do not)
+EVAL_FIELDS = ('data.source', 'data.packing', 'data.tokenizer', 'data.vocab_size', 'data.validation_fraction',
+               'data.text_mode', 'train.seq_len', 'model', 'objective', 'task', 'adapters')
+
+
+def check_same_run(config, workdir: str, evaluating: bool = False) -> None:
+  """Refuse to resume the checkpoints in workdir with a config that would not continue their run (evaluating:
+  to score them on other data or as another model), listing every field that differs and the flags that set them
+  back."""
   path = paths.path(workdir) / 'config.json'
   if not path.exists():
     return
   saved = json.loads(path.read_text())
   now = json.loads(config.to_json_best_effort())
   differ = []
-  for field in RESUME_FIELDS:
+  for field in EVAL_FIELDS if evaluating else RESUME_FIELDS:
     a, b = saved, now
     for part in field.split('.'):
       a, b = (a or {}).get(part), (b or {}).get(part)
     before, after = _flat(a, field), _flat(b, field)
     differ += [(k, before[k], after.get(k)) for k in sorted(before) if before[k] != after.get(k)]
+  if differ and evaluating:
+    raise ValueError(
+        f'the checkpoints in {workdir} were trained with other settings, and evaluating with these would score '
+        f'them on other data or as another model: ' + '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
+        + '. Leave out --config (eval mode reads the workdir\'s config.json), or set them back: '
+        + ' '.join(_flag(k, a) for k, a, _ in differ))
   if differ:
     raise ValueError(
         f'the checkpoints in {workdir} were made with other settings, and resuming would not continue that run: '
         + '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
         + '. Use a new --workdir, or set them back: ' + ' '.join(_flag(k, a) for k, a, _ in differ))
+  if evaluating:
+    return
   if saved.get('optimizer', {}).get('decay_steps', -1) == -1 and saved['train']['steps'] != now['train']['steps']:
     raise ValueError(f"train.steps changed from {saved['train']['steps']} to {now['train']['steps']} and the "
                      f'learning-rate schedule follows it: to extend or split a run, fix where it ends with '
@@ -145,6 +159,16 @@ class FiniteWatch:
     self.saved = step
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config.json a training run wrote in workdir (what `--mode=eval` without --config evaluates with)."""
+  path = paths.join(paths.abspath(workdir), 'config.json')
+  if not paths.is_file(path):
+    raise FileNotFoundError(f'{path} is missing: give --config, or point --workdir at a run that train.py wrote')
+  config = ml_collections.ConfigDict(json.loads(paths.path(path).read_text()))
+  config.mesh.rules = tuple(tuple(r) for r in config.mesh.rules)
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train',
                        callback: Callable[[int, dict], None] | None = None) -> dict:
   """Train (resuming from the newest checkpoint in workdir) and evaluate; or, with mode='eval', restore the
@@ -174,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     checkpointer = ckpt.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     try:
       if mode == 'eval':
+        check_same_run(run.config, workdir, evaluating=True)
         return _eval_only(run, checkpointer)
       if checkpointer.latest_step() is not None:
         check_same_run(run.config, workdir)
