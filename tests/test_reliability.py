@@ -1,6 +1,7 @@
 """The first hour's safety nets: one writer per workdir (a killed writer's lock is taken over), non-finite steps
 caught before anything bad is saved, every resume mismatch listed with flags that work, custom shapes, a user's
 mistakes as one line without a traceback, and the run's closing summary."""
+import importlib
 import json
 import os
 import pathlib
@@ -411,3 +412,17 @@ def test_eval_mode_scores_with_the_workdirs_config_and_refuses_other_data(gpt_wo
     loop.train_and_evaluate(other, work, mode='eval')
   with pytest.raises(FileNotFoundError, match='config.json is missing: give --config'):
     loop.saved_config(str(tmp_path))
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path):
+  config = importlib.import_module('configs.gpt').get_config('tiny')
+  config.data.source = f'text:{tmp_path}/missing/*.txt'
+  work = tmp_path / 'new'
+  with pytest.raises(FileNotFoundError, match='no file matches'):
+    loop.train_and_evaluate(config, str(work))
+  assert not work.exists()  # not a directory holding only LOCK
+  (tmp_path / 'old').mkdir()
+  (tmp_path / 'old' / 'notes.txt').write_text('mine')
+  with pytest.raises(FileNotFoundError):
+    loop.train_and_evaluate(config, str(tmp_path / 'old'))
+  assert (tmp_path / 'old' / 'notes.txt').read_text() == 'mine'  # a workdir that was there stays

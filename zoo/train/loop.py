@@ -185,6 +185,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   workdir = paths.abspath(workdir)  # a local path made absolute; gs://... as it is
   if paths.is_file(workdir):
     raise ValueError(f'workdir {workdir} is a file: give a directory (it is created if missing)')
+  created = not paths.path(workdir).exists()
+  try:
+    return _train_and_evaluate(config, workdir, mode, callback)
+  except BaseException:
+    if created:
+      _remove_if_only_lock(workdir)
+    raise
+
+
+def _remove_if_only_lock(workdir: str) -> None:
+  """A run refused before it wrote anything (a mesh, corpus or task mistake) leaves no workdir behind."""
+  try:
+    left = list(paths.path(workdir).iterdir())
+    if all(p.name == 'LOCK' and p.stat().length == 0 for p in left):
+      for p in left:
+        p.unlink()
+      paths.path(workdir).rmdir()
+  except OSError:  # another process is using it: leave it
+    pass
+
+
+def _train_and_evaluate(config, workdir: str, mode: str, callback) -> dict:
   try:
     paths.path(workdir).mkdir(parents=True, exist_ok=True)
   except OSError as e:
