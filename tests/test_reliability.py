@@ -412,6 +412,14 @@ def test_eval_mode_scores_with_the_workdirs_config_and_refuses_other_data(gpt_wo
     loop.train_and_evaluate(other, work, mode='eval')
   with pytest.raises(FileNotFoundError, match='config.json is missing: give --config'):
     loop.saved_config(str(tmp_path))
+  saved = json.load(open(os.path.join(work, 'config.json')))  # a workdir of an older zoo: no data fields since added
+  for field in ('prepare', 'prepared_dir', 'tokenizer_sample_chars'):
+    del saved['data'][field]
+  json.dump(saved, open(os.path.join(work, 'config.json'), 'w'))
+  assert loop.train_and_evaluate(loop.saved_config(work), work, mode='eval')['loss'] == pytest.approx(
+      trained['loss'], rel=1e-5)
+  import zoo
+  assert zoo.load(work).step == 6
 
 
 def test_a_run_refused_before_it_wrote_anything_leaves_no_workdir(tmp_path):

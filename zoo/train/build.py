@@ -87,7 +87,7 @@ def source(config, workdir: str | None = None) -> str:
   """data.source, or with data.prepare the same source as its prepared directories (zoo.data.cache: prepared the
   first time, with a progress bar; later runs find them)."""
   d = config.data
-  if not d.prepare or config.task.name:
+  if not d.get('prepare', False) or config.task.name:  # workdirs of older zoo have no data.prepare
     return d.source
   kept = paths.join(workdir, 'tokenizer.model') if workdir else None
   cls = objectives.OBJECTIVES.get(config.objective.name)  # not memoized: an edited file is seen in a notebook
@@ -150,7 +150,7 @@ def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
   get = lambda: tk.get_tokenizer(  # noqa: E731
       d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
       num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source,
-      sample_chars=d.tokenizer_sample_chars)
+      sample_chars=d.get('tokenizer_sample_chars'))  # None (older workdirs): every document
   if jax.process_count() == 1 or d.tokenizer != 'train':
     return get()
   from jax.experimental import multihost_utils
