@@ -12,6 +12,9 @@ prefix); the special tokens are found in that normalized text, so no '▁' follo
 (`add_special_tokens=True`) frames a text as zoo does: BERT / ALBERT [CLS] a [SEP] (b [SEP]) as zoo's tasks, T5 /
 BART a [EOS] as zoo.generate feeds the encoder, GPT nothing.
 
+GPT's decoder keeps a leading space (its pipeline decodes a continuation apart from the prompt, and the
+continuation's first '▁' is a real space): decoding a whole text gives SentencePiece's text after one space.
+
 Where it differs from SentencePiece: a control token typed in the text ([PAD], [UNK], [BOS], [EOS]) becomes its
 id, as in every HF tokenizer, where SentencePiece spells it out; a text that is only one special token has no
 '▁' before it; and a unigram model reads a literal byte piece such as '<0x41>' typed in the text as that piece.
@@ -66,8 +69,12 @@ def fast_tokenizer(model_proto: bytes, family: str):
       # normalized text, and their normalized form must stay themselves
       normalizers.Replace(Regex(rf'\A(?!\z|(?:{alternatives})\z)'), tk.WORD_START)])
   tok.add_special_tokens([AddedToken(s, special=True, normalized=True) for s in specials])
-  tok.decoder = decoders.Sequence([decoders.Replace(tk.WORD_START, ' '), decoders.ByteFallback(), decoders.Fuse(),
-                                   decoders.Strip(' ', 1, 0)])  # the dummy prefix's space
+  steps = [decoders.Replace(tk.WORD_START, ' '), decoders.ByteFallback(), decoders.Fuse()]
+  if family != 'gpt':  # the dummy prefix's space opens a whole text (fill-mask, text2text decode whole texts)
+    steps.append(decoders.Strip(' ', 1, 0))
+  # GPT keeps it: text-generation decodes the new tokens alone and appends them to the prompt, so a new word's
+  # leading '▁' is the space before it (as zoo.generate, which decodes them together with the prompt)
+  tok.decoder = decoders.Sequence(steps)
   templates = _templates(family)
   if templates:
     single, pair, ids = templates
