@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
+import prepared_corpus  # benchmarks/ is on the path of a script run from it
 from zoo.data import prepared, sources
 from zoo.data import tokenizer as tk
 
@@ -73,14 +73,6 @@ def read_rate(reader, order, batch: int = 1) -> tuple[float, float]:
   return len(order) / seconds, tokens / seconds
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as fh:
-      return next(line.split(':', 1)[1].strip() for line in fh if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--documents', type=int, default=300_000)
@@ -91,7 +83,7 @@ def main():
   rng = np.random.default_rng(0)
   shuffled = rng.permutation(args.documents)[:args.reads]
   ordered = np.arange(min(args.reads, args.documents))
-  machine = {'cpu': cpu_model(), 'cores': os.cpu_count(),
+  machine = {**prepared_corpus.machine(),
              'date': datetime.date.today().isoformat(), 'command': 'python benchmarks/shard_format.py'}
   with tempfile.TemporaryDirectory() as tmp:
     for repeat in range(args.repeats):

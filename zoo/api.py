@@ -81,13 +81,9 @@ def load(path: str, *, step: int | None = None, mesh: dict | None = None, device
       return _load_model_dir(model_dir, step=step, mesh=mesh, devices=devices)
   state_dir, step = ckpt.find_state(path, step)  # a workdir or checkpoints/<step>: local or gs://...
   workdir = os.fspath(paths.path(state_dir).parents[2])
-  config_path = paths.join(workdir, 'config.json')
-  if not paths.is_file(config_path):
-    raise FileNotFoundError(f'{config_path} is missing: zoo.load reads workdirs that train.py wrote')
-  config = ml_collections.ConfigDict(json.loads(paths.path(config_path).read_text()))
+  config = train.loop.saved_config(workdir, missing='zoo.load reads workdirs that train.py wrote')
   config.task.init_from = ''  # the saved config already holds the model the task was fine-tuned from
   config.mesh.update({'data': -1, 'fsdp': 1, 'tensor': 1, 'devices': devices, **(mesh or {})})
-  config.mesh.rules = tuple(tuple(r) for r in config.mesh.rules)
   config.parallelism = 'jit'
   n = devices if devices > 0 else jax.device_count()
   ways = n // (config.mesh.fsdp * config.mesh.tensor) * config.mesh.fsdp if config.mesh.data == -1 else \

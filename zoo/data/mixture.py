@@ -102,6 +102,21 @@ def parse(spec: str) -> list[Part]:
   return [Part(s, w / total) for s, w in zip(sources, weights)]
 
 
+def locate(offsets: Sequence[int], i: int) -> tuple[int, int]:
+  """(part, index inside it) of item i (negative: from the end) of parts that start at `offsets` (the last one:
+  the total).
+
+  >>> locate([0, 3, 5], 4), locate([0, 3, 5], -5)
+  ((1, 1), (0, 0))
+  """
+  n = offsets[-1]
+  if not -n <= i < n:
+    raise IndexError(i)
+  i = int(i) % n
+  k = bisect.bisect_right(offsets, i) - 1
+  return k, i - offsets[k]
+
+
 class MixedDocuments(Sequence[str]):
   """The documents of every part of a mixture: as a sequence, all of them one part after the other (what the
   tokenizer trains on and a one-pass evaluation reads); `parts`, `weights`, `offsets`, `stats` per part."""
@@ -120,11 +135,8 @@ class MixedDocuments(Sequence[str]):
   def __getitem__(self, i):
     if isinstance(i, slice):
       return [self[j] for j in range(*i.indices(len(self)))]
-    if not -len(self) <= i < len(self):
-      raise IndexError(i)
-    i %= len(self)
-    k = bisect.bisect_right(self.offsets, i) - 1
-    return self.documents[k][i - self.offsets[k]]
+    k, j = locate(self.offsets, i)
+    return self.documents[k][j]
 
   def __iter__(self):
     for docs in self.documents:

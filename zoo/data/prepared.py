@@ -29,7 +29,6 @@ memory-mapped, so the reader's memory grows neither with the corpus nor with wha
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import hashlib
 import json
@@ -39,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from zoo import paths
+from zoo.data import mixture
 
 PREFIX = 'prepared:'
 FORMAT = 'zoo.prepared/1'
@@ -207,11 +207,8 @@ class PreparedSplit(Sequence[dict]):
   def __getitem__(self, i):
     if isinstance(i, slice):
       return [self[j] for j in range(*i.indices(len(self)))]
-    if not -len(self) <= i < len(self):
-      raise IndexError(i)
-    i = int(i) % len(self)
-    k = bisect.bisect_right(self.offsets, i) - 1
-    return self._unit(k).document(i - self.offsets[k], self.vocab_size)
+    k, j = mixture.locate(self.offsets, i)
+    return self._unit(k).document(j, self.vocab_size)
 
   def __getstate__(self):
     return {'directory': self.directory, 'split': self.split, 'local': self.local}

@@ -363,10 +363,10 @@ def get_tokenizer(spec: str, *, workdir: str | None, documents: Callable[[], Ite
                        f'workdir belongs to another run; use a new --workdir, or set data.vocab_size={asked}')
     return tok
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
-  texts = documents()
+  texts = docs = documents()
   if sample_chars is not None:
-    texts = sample(texts, sample_chars)
-    if len(texts) < len(documents()):
+    texts = sample(docs, sample_chars)
+    if len(texts) < len(docs):
       source = f'a sample of {len(texts):,} documents of {source or "the corpus"}'
   tok = train_tokenizer(texts, vocab_size, model_type=model_type, num_sentinels=num_sentinels, path=path,
                         source=source)

@@ -113,17 +113,15 @@ def check_same_run(config, workdir: str, evaluating: bool = False) -> None:
       a, b = (a or {}).get(part), (b or {}).get(part)
     before, after = _flat(a, field), _flat(b, field)
     differ += [(k, before[k], after.get(k)) for k in sorted(before) if before[k] != after.get(k)]
-  if differ and evaluating:
-    raise ValueError(
-        f'the checkpoints in {workdir} were trained with other settings, and evaluating with these would score '
-        f'them on other data or as another model: ' + '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
-        + '. Leave out --config (eval mode reads the workdir\'s config.json), or set them back: '
-        + ' '.join(_flag(k, a) for k, a, _ in differ))
   if differ:
-    raise ValueError(
-        f'the checkpoints in {workdir} were made with other settings, and resuming would not continue that run: '
-        + '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
-        + '. Use a new --workdir, or set them back: ' + ' '.join(_flag(k, a) for k, a, _ in differ))
+    changes = '; '.join(f'{k} is {b!r}, was {a!r}' for k, a, b in differ)
+    back = ' '.join(_flag(k, a) for k, a, _ in differ)
+    if evaluating:
+      raise ValueError(f'the checkpoints in {workdir} were trained with other settings, and evaluating with these '
+                       f'would score them on other data or as another model: {changes}. Leave out --config (eval '
+                       f'mode reads the workdir\'s config.json), or set them back: {back}')
+    raise ValueError(f'the checkpoints in {workdir} were made with other settings, and resuming would not continue '
+                     f'that run: {changes}. Use a new --workdir, or set them back: {back}')
   if evaluating:
     return
   if saved.get('optimizer', {}).get('decay_steps', -1) == -1 and saved['train']['steps'] != now['train']['steps']:
@@ -159,11 +157,13 @@ class FiniteWatch:
     self.saved = step
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json a training run wrote in workdir (what `--mode=eval` without --config evaluates with)."""
+def saved_config(workdir: str,
+                 missing: str = 'give --config, or point --workdir at a run that train.py wrote'):
+  """The config.json a training run wrote in workdir (what `--mode=eval` without --config and `zoo.load`
+  evaluate with); `missing` says what to do when there is none."""
   path = paths.join(paths.abspath(workdir), 'config.json')
   if not paths.is_file(path):
-    raise FileNotFoundError(f'{path} is missing: give --config, or point --workdir at a run that train.py wrote')
+    raise FileNotFoundError(f'{path} is missing: {missing}')
   config = ml_collections.ConfigDict(json.loads(paths.path(path).read_text()))
   config.mesh.rules = tuple(tuple(r) for r in config.mesh.rules)
   return config
