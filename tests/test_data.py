@@ -250,6 +250,31 @@ def test_parquet_corpus_resumes_with_the_next_batch(corpus, tok, tmp_path):
   assert same(want, [next(again) for _ in range(4)])
 
 
+def test_a_checkpointed_iterator_resumes_exactly_also_where_a_row_ends_a_document(corpus, tok, tmp_path):
+  """Through zoo's checkpoints (grain's JSON file): at a batch whose last row ended a document, grain's packing
+  reads its state's (-1, -1) back from JSON as a list, and without zoo's conversion it skipped a document."""
+  import jax.numpy as jnp
+
+  from zoo import checkpoint as ckpt
+  ds = lambda: pipeline.make_dataset(corpus, tok, seq_len=8, batch_size=1, seed=3)  # noqa: E731
+  it, ended = iter(ds()), {}
+  for k in range(1, 80):
+    next(it)
+    remainder = it.get_state()['remainder_slices']['tokens']
+    ended.setdefault(tuple(remainder) == (-1, -1), k)
+  assert set(ended) == {True, False}  # both kinds of position occur in the first 80 rows
+  checkpointer = ckpt.Checkpointer(str(tmp_path), async_save=False)
+  for k in sorted(ended.values()):
+    it = iter(ds())
+    for _ in range(k):
+      next(it)
+    checkpointer.save(k, {'x': jnp.zeros(2)}, it, force=True)
+    want = [next(it) for _ in range(6)]
+    again = iter(ds())
+    checkpointer.restore(k, {'x': jnp.zeros(2)}, again)
+    assert same(want, [next(again) for _ in range(6)]), k
+
+
 def test_split_is_fixed_disjoint_and_complete(tmp_path):
   (tmp_path / 'a.txt').write_text('\n'.join(f'line {i}' for i in range(500)))
   spec = f'text:{tmp_path}/a.txt'

@@ -7,6 +7,8 @@ directory and renames it when complete), so a crash never leaves a half-written 
 """
 from __future__ import annotations
 
+import json
+
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -28,14 +30,14 @@ class Checkpointer:
   def save(self, step: int, state, data_iter=None, force: bool = False) -> bool:
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
-      items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+      items['data_iter'] = grain.checkpoint.CheckpointSave(_JsonState(data_iter))
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """abstract_state: jax.ShapeDtypeStruct leaves with the shardings wanted now (any mesh, any size)."""
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
-      items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+      items['data_iter'] = grain.checkpoint.CheckpointRestore(_JsonState(data_iter))
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 
   def wait(self) -> None:
@@ -44,6 +46,36 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class _JsonState:
+  """A grain iterator as grain's checkpoint handler saves it (the same JSON file), restored with the tuples JSON
+  turned into lists made tuples again: grain 0.2.18's concat-then-split packing compares a restored
+  `remainder_slices` slice with its tuple sentinel (-1, -1), so a list [-1, -1] read back from JSON looked like
+  a remainder and the resumed run skipped a document whenever a checkpoint fell where a row ended a document."""
+
+  def __init__(self, iterator):
+    self.iterator = iterator
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.iterator.get_state(), indent=4).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.iterator.set_state(_slices_as_tuples(json.loads(state)))
+
+  def start_prefetch(self) -> None:
+    if hasattr(self.iterator, 'start_prefetch'):
+      self.iterator.start_prefetch()
+
+
+def _slices_as_tuples(state):
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) if isinstance(v, list) else v for f, v in s.items()}
+                if k == 'remainder_slices' and isinstance(s, dict) else _slices_as_tuples(s))
+            for k, s in state.items()}
+  if isinstance(state, list):
+    return [_slices_as_tuples(s) for s in state]
+  return state
 
 
 def abstract_with_shardings(tree, shardings):
