@@ -13,6 +13,8 @@ from zoo import parallel
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, data order, masks and dropout all derive from it
+  # start from: a train.py workdir, a zoo model directory, a HuggingFace model directory or hf:<name> (zoo.pretrained)
+  c.init_from = ''
 
   c.model = ml_collections.ConfigDict()
   c.model.family = 'gpt'  # a family of zoo.models: bert, albert, gpt, t5, bart, transformer, glm, rnn_lm, rnn_seq2seq
@@ -27,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict()
   c.task.name = ''  # '' : pretraining (objective.*); or fine-tuning: classification, tagging, qa, sft, translation
-  c.task.init_from = ''  # a pretraining workdir (or its checkpoints/<step>): model, tokenizer and weights
+  c.task.init_from = ''  # the same as init_from (older recipes name it here)
   c.task.train = ''  # examples: tsv:<path>, csv:<path>, jsonl:<path> or tfds:<name>[:<split>]
   c.task.validation = ''  # the same kinds; scored with the task's metric
   c.task.data_dir = ''  # TFDS data_dir for tfds: examples
@@ -46,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = 'default'  # default, text:<glob>, jsonl:<glob>:<field>, tfds:<name>[:<field>], prepared:<dir>, mix:...
   c.data.data_dir = ''  # TFDS data_dir ('' = TFDS's default)
   c.data.text_mode = 'line'  # text sources: a document per 'line' or per blank-line 'paragraph'
-  c.data.tokenizer = 'train'  # a SentencePiece .model path, or 'train' (on data.source; kept in the workdir)
+  c.data.tokenizer = 'train'  # 'train' (on data.source, kept in the workdir), a SentencePiece .model or HF tokenizer dir
   c.data.vocab_size = 8000  # pieces of a trained tokenizer
   c.data.tokenizer_sample_chars = 10_000_000  # a trained tokenizer learns from a uniform sample this large
   c.data.prepare = False  # True: tokenize data.source once into a cache of token shards (zoo.data.cache), read those

@@ -8,16 +8,15 @@ columns (`task.fields`); see configs/finetune_classify.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import jax
 import ml_collections
 from flax import traverse_util
 
-from zoo import checkpoint as ckpt
 from zoo import contract as contract_lib
-from zoo import paths, registry, tasks
+from zoo import paths, pretrained, registry, tasks
+from zoo.data import specials
 from zoo.data import tokenizer as tk
 from zoo.layers import adapters as adapters_lib
 
@@ -27,45 +26,51 @@ HEADS = ('classifier', 'qa_outputs', 'tagger', 'pooler')  # a task's head (alway
 _KEEP = ('dtype', 'dropout_rate')  # model fields the fine-tuning config keeps; the rest come from the checkpoint
 
 
-def pretrained_config(init_from: str) -> ml_collections.ConfigDict:
-  """The config.json of the workdir `init_from` (or of the workdir above a checkpoint directory)."""
-  path = paths.abspath(init_from, expanduser=True)
-  for d in (path, paths.join(paths.path(path).parent.parent)):
-    if paths.is_file(paths.join(d, 'config.json')):
-      return ml_collections.ConfigDict(json.loads(paths.path(d).joinpath('config.json').read_text())), d
-  raise FileNotFoundError(f'task.init_from={init_from!r}: no config.json there; point it at a workdir that '
-                          f'train.py pretrained')
-
-
-def prepare_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` whose model (and tokenizer) are the pretrained run's when task.init_from is set.
-  Idempotent; a pretraining config comes back unchanged."""
-  if not config.task.name:
+def prepare_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model (and tokenizer) are those of `init_from` (zoo.pretrained) when it is set,
+  for pretraining and fine-tuning alike. Idempotent; a config without init_from comes back unchanged but for a
+  fine-tuning run's automatic learning rate."""
+  if not pretrained.spec_of(config) and not config.task.name:
     return config
   config = ml_collections.ConfigDict(config.to_dict())
-  if config.task.init_from:
-    _inherit(config)
-  if config.optimizer.learning_rate <= 0:  # auto: high for the tiny CPU models, BERT's 3e-5 for real sizes
+  if pretrained.spec_of(config):
+    _inherit(config, workdir)
+  if config.task.name and config.optimizer.learning_rate <= 0:  # auto: high for tiny CPU models, BERT's 3e-5 else
     adapters = config.adapters.lora_rank > 0 or config.adapters.prefix_length > 0  # these want more
     config.optimizer.learning_rate = (1e-2 if adapters else 2e-3) if config.model.size == 'tiny' else \
         (1e-3 if adapters else 3e-5)
   return config
 
 
-def _inherit(config) -> None:
-  """The pretrained run's model fields (but this config's dtype and dropout_rate) and tokenizer."""
-  saved, workdir = pretrained_config(config.task.init_from)
+def _inherit(config, workdir: str | None) -> None:
+  """The source's model fields (but this config's dtype and dropout_rate) and tokenizer."""
+  field = pretrained.field_name(config)
+  source = pretrained.resolve(pretrained.spec_of(config), workdir, field)
   keep = {k: config.model[k] for k in _KEEP}
+  if source.kind == 'zoo':  # imported from HuggingFace: its own tokenizer, nothing pretrained by zoo before
+    config.model = ml_collections.ConfigDict(pretrained.model_config(source))
+    config.model.update(keep)
+    if config.data.tokenizer == 'train':
+      spec = pretrained.tokenizer_spec(source)
+      if spec is None:
+        raise FileNotFoundError(f'{field}: {source.path} has no tokenizer files (hf_tokenizer/): set data.tokenizer '
+                                f'to the tokenizer directory the model was trained with')
+      config.data.tokenizer = spec
+    config.task.pretrained_objective = ''
+    return
+  saved = source.config
   config.model = ml_collections.ConfigDict(saved.model.to_dict())
   config.model.update(keep)
   if config.data.tokenizer == 'train':
     if saved.data.tokenizer != 'train':
       config.data.tokenizer = saved.data.tokenizer
     else:
-      config.data.tokenizer = paths.join(workdir, 'tokenizer.model')
+      home = paths.path(source.path)
+      home = home if paths.is_file(paths.join(home, 'config.json')) else home.parent.parent
+      config.data.tokenizer = paths.join(home, 'tokenizer.model')
       if not paths.is_file(config.data.tokenizer):
-        raise FileNotFoundError(f'task.init_from: {config.data.tokenizer} is missing; the tokenizer the model '
-                                f'was pretrained with is needed (or set data.tokenizer to it)')
+        raise FileNotFoundError(f'{field}: {config.data.tokenizer} is missing; the tokenizer the model was '
+                                f'pretrained with is needed (or set data.tokenizer to it)')
   config.data.vocab_size = saved.data.vocab_size
   # a fine-tuned run passes on what its own model was pretrained with
   config.task.pretrained_objective = (saved.task.get('pretrained_objective', '') if saved.task.get('name', '')
@@ -100,7 +105,12 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
       fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
   if issubclass(tasks.TASKS.get(t.name, tasks.Task), tasks.Sft):  # sft, translation: the family's layout
     fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
-  task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=tk.FIRST_SENTINEL + tokenizer.num_sentinels,
+  ids = specials.of(tokenizer)
+  if ids.source != 'zoo' and not getattr(tasks.TASKS.get(t.name), 'any_tokenizer', False):
+    raise ValueError(f'task.name={t.name!r} with the HuggingFace tokenizer {ids.source}: zoo fine-tunes '
+                     f'{", ".join(sorted(n for n, c in tasks.TASKS.items() if c.any_tokenizer))} with a model\'s own '
+                     f'tokenizer so far; {t.name} lays out its rows with zoo\'s special ids')
+  task = tasks.make(t.name, vocab_size=tokenizer.vocab_size, num_special=ids.first_ordinary, specials=ids,
                     seq_len=config.train.seq_len, **fields)
   data_dir = t.data_dir or None
   records = {'train': tasks.read_records(t.train, field='task.train', data_dir=data_dir, default_split='train')}
@@ -123,26 +133,27 @@ def frozen_mask(abstract_params, adapters) -> object | None:
       abstract_params)
 
 
-def load_pretrained(init_from: str, params, shardings=None):
-  """`params` with every parameter the checkpoint of `init_from` also holds (same path, same shape) replaced by
+def load_pretrained(config, workdir: str, params, shardings=None, scan_layers: bool = False):
+  """`params` with every parameter the source of `init_from` also holds (same path, same shape) replaced by
   the saved one, placed as `shardings` says (or as the current leaves are). The others (a new head, adapters)
   keep their initial values. Returns (params, report dict)."""
-  state_dir, step = ckpt.find_state(init_from)
-  saved = ckpt.saved_params(state_dir)
+  field = pretrained.field_name(config)
+  source = pretrained.resolve(pretrained.spec_of(config), workdir, field)
+  saved, where, read = pretrained.open_params(source, scan_layers)
   flat = traverse_util.flatten_dict(params)
   flat_sh = traverse_util.flatten_dict(shardings) if shardings is not None else {k: v.sharding for k, v in flat.items()}
   wanted = {}
   for k, v in flat.items():
     if k in saved:
       if saved[k] != tuple(v.shape):
-        raise ValueError(f"task.init_from: parameter {'/'.join(k)} is {saved[k]} in {state_dir} but {tuple(v.shape)} "
-                         f'in this model: the model fields must be those of the pretraining run')
+        raise ValueError(f"{field}: parameter {'/'.join(k)} is {saved[k]} in {where} but {tuple(v.shape)} "
+                         f'in this model: the model fields must be those of the source')
       wanted[k] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=flat_sh[k])
   if not wanted:
-    raise ValueError(f'task.init_from: no parameter of this model is in {state_dir}: was it trained with '
-                     f'another model family or with scan_layers set otherwise?')
-  restored = traverse_util.flatten_dict(ckpt.restore_params(state_dir, traverse_util.unflatten_dict(wanted)))
+    raise ValueError(f'{field}: no parameter of this model is in {where}: was it trained with another model '
+                     f'family or with scan_layers set otherwise?')
+  restored = read(wanted)
   flat.update(restored)
-  report = {'step': step, 'restored': len(restored), 'new': sorted('/'.join(k) for k in flat if k not in wanted),
+  report = {'where': where, 'restored': len(restored), 'new': sorted('/'.join(k) for k in flat if k not in wanted),
             'unused': sorted('/'.join(k) for k in saved if k not in flat)}
   return traverse_util.unflatten_dict(flat), report

@@ -66,6 +66,9 @@ def _export_source(args) -> tuple[Any, dict, str, dict, list]:
   if config.get('model', {}).get('family'):
     converter(config['model']['family'])  # refuse GLM, the RNNs, ... (one line) before restoring
   model, params, family, _ = load_workdir(args.workdir, args.step)
+  tok_dir = config.get('data', {}).get('tokenizer', '')
+  if tok_dir and os.path.isdir(os.path.expanduser(tok_dir)):  # trained on from a HuggingFace model: its own files
+    return model, params, family, *_hf_tokenizer_files(os.path.expanduser(tok_dir))
   from zoo.data import tokenizer as tk
   extra = {'pad_token_id': tk.PAD, 'bos_token_id': tk.BOS, 'eos_token_id': tk.EOS}
   if family in ('t5', 'bart'):  # zoo's encoder-decoders start the decoder at [PAD]
@@ -76,6 +79,17 @@ def _export_source(args) -> tuple[Any, dict, str, dict, list]:
   # zoo's SentencePiece model, under a name HF tokenizers do not pick up
   tok_src = [(spm_path, 'zoo_tokenizer.model')] if paths.path(spm_path).exists() else []
   return model, params, family, extra, tok_src
+
+
+def _hf_tokenizer_files(directory: str) -> tuple[dict, list]:
+  """The token ids and the vocabulary files (unchanged) of a zoo model directory or an HF tokenizer directory."""
+  if os.path.isfile(os.path.join(directory, fmt.ZOO_CONFIG)):
+    extra = {k: v for k, v in fmt.hf_config_copy(directory).items() if k.endswith('token_id')}
+    directory = os.path.join(directory, fmt.HF_TOKENIZER_DIR)
+  else:
+    extra = {}
+  names = sorted(n for n in os.listdir(directory) if n in fmt.TOKENIZER_FILES) if os.path.isdir(directory) else []
+  return extra, [(os.path.join(directory, n), n) for n in names]
 
 
 def main(argv=None) -> int:

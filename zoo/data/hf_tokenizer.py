@@ -43,7 +43,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
+
+import numpy as np
 
 SPECIAL_NAMES = ('pad', 'eos', 'bos', 'unk', 'cls', 'sep', 'mask')
 WORD_START = '\u2581'  # '▁', SentencePiece's word boundary
@@ -223,8 +225,57 @@ class HFTokenizer:
       ids.append(self.eos_id)
     return ids
 
-  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False,
+                   num_threads: int = -1) -> list[list[int]]:
+    del num_threads  # tokenizers picks its own threads
+    if self._sp is None:
+      return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
     return [self.encode(t, add_special_tokens) for t in texts]
+
+  def encode_offsets(self, text: str) -> tuple[list[int], np.ndarray]:
+    """Ids of `text` and the UTF-8 byte offset where each token starts (as zoo's Tokenizer gives them)."""
+    if self._sp is None:
+      enc = self._tk.encode(text, add_special_tokens=False)
+      starts = [a for a, _ in enc.offsets]
+    else:
+      ids, starts = [], []
+      for piece in self._sp.encode(text, out_type='immutable_proto').pieces:  # SentencePiece's own offsets
+        ids.append(piece.id)
+        starts.append(piece.begin)
+      return ids, np.asarray(starts, np.int64)
+    char_to_byte = np.cumsum([0] + [len(c.encode()) for c in text])
+    return enc.ids, char_to_byte[np.asarray(starts, np.int64)] if starts else np.zeros(0, np.int64)
+
+  @property
+  def num_sentinels(self) -> int:
+    """T5's <extra_id_i> tokens (none for BERT or GPT-2)."""
+    n = 0
+    while self.token_to_id(f'<extra_id_{n}>') is not None:
+      n += 1
+    return n
+
+  def word_starts(self, ids) -> np.ndarray:
+    """True where a token begins a word (not WordPiece's '##' continuation; byte-level BPE's 'Ġ' and
+    SentencePiece's '▁' begin one) or is special: whole-word masking's units."""
+    if getattr(self, '_word_start', None) is None:
+      model = 'sentencepiece' if self._sp is not None else type(self._tk.model).__name__
+      special = self.all_special_ids
+      tokens = [self.id_to_token(i) or '' for i in range(self.vocab_size)]
+      if model == 'WordPiece':
+        starts = [not t.startswith('##') for t in tokens]
+      else:
+        marks = ('\u0120', '\u010a') if model == 'BPE' else (WORD_START,)
+        starts = [t.startswith(marks) for t in tokens]
+      self._word_start = np.array([s or i in special for i, s in enumerate(starts)])
+    return self._word_start[np.asarray(ids)]
+
+  def is_special(self, ids) -> np.ndarray:
+    return np.isin(np.asarray(ids), sorted(self.all_special_ids))
+
+  def check_vocab_size(self, model_vocab_size: int) -> None:
+    if self.vocab_size > model_vocab_size:
+      raise ValueError(f'the tokenizer {self.path} has {self.vocab_size} ids but model.vocab_size is '
+                       f'{model_vocab_size}: the model must have an embedding for each')
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
     """Text of `ids`, without the special tokens unless skip_special_tokens=False."""
@@ -397,12 +448,3 @@ def _clean_up_tokenization(text: str) -> str:
                (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
     text = text.replace(a, b)
   return text
-
-
-def load(path: str, config: dict | None = None) -> HFTokenizer:
-  """`HFTokenizer.load(path, config)`."""
-  return HFTokenizer.load(path, config)
-
-
-def is_hf_tokenizer(tok: Any) -> bool:
-  return isinstance(tok, HFTokenizer)

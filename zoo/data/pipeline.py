@@ -41,7 +41,7 @@ import grain
 import grain.experimental as ge
 import numpy as np
 
-from zoo.data import mixture, prepared
+from zoo.data import mixture, prepared, specials
 from zoo.data import tokenizer as tk
 
 PACKINGS = ('concat', 'first_fit', 'pad')
@@ -49,11 +49,14 @@ PACKINGS = ('concat', 'first_fit', 'pad')
 
 @dataclasses.dataclass(frozen=True)
 class Tokenize:
-  """text -> {'tokens': int32 ids[, 'sentence_ids']}, [EOS] closing each document (picklable for workers)."""
+  """text -> {'tokens': int32 ids[, 'sentence_ids', 'word_starts', 'document_ids']}, each document framed by
+  `prefix` and `suffix` (zoo's tokenizer: [EOS] after it; zoo.data.specials.frame) (picklable for workers)."""
   tokenizer: tk.Tokenizer
-  add_eos: bool = True
+  add_eos: bool = True  # frame the document (False: its text ids only)
   sentences: bool = False
   word_segmenter: str = ''  # 'jieba': add word_starts from a Chinese word segmenter
+  prefix: tuple = ()  # ids before each document (BERT's [CLS])
+  suffix: tuple = (tk.EOS,)  # ids after it (zoo's [EOS], BERT's [SEP])
 
   def __call__(self, text: str | tuple[int, str]) -> dict:
     index = None
@@ -63,19 +66,12 @@ class Tokenize:
       ids, sentence_ids = self.tokenizer.encode_sentences(text)
     else:
       ids, sentence_ids = self.tokenizer.encode(text), None
-    out = {}
+    element = {'tokens': ids}
     if self.word_segmenter:
-      _, starts = self.tokenizer.encode_words(text, self.word_segmenter)
-      out['word_starts'] = np.append(starts, 1).astype(np.int32)[:len(ids) + self.add_eos]
-    if self.add_eos:
-      ids.append(tk.EOS)
-    out['tokens'] = np.asarray(ids, np.int32)
-    if sentence_ids is not None:  # [EOS] belongs to the last sentence
-      out['sentence_ids'] = np.append(sentence_ids, sentence_ids[-1:] if len(sentence_ids) else 1)[:len(ids)]
-      out['sentence_ids'] = out['sentence_ids'].astype(np.int32)
-    if index is not None:
-      out['document_ids'] = np.full(len(ids), index + 1, np.int32)
-    return out
+      element['word_starts'] = self.tokenizer.encode_words(text, self.word_segmenter)[1]
+    if sentence_ids is not None:
+      element['sentence_ids'] = sentence_ids
+    return _frame(element, index, self.prefix if self.add_eos else (), self.suffix if self.add_eos else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,21 +80,39 @@ class FromTokens:
   add_eos: bool = True
   sentences: bool = False
   word_segmenter: str = ''
+  prefix: tuple = ()
+  suffix: tuple = (tk.EOS,)
 
   def __call__(self, element: dict | tuple[int, dict]) -> dict:
     index = None
     if isinstance(element, tuple):
       index, element = element
-    end = [np.int32(tk.EOS)] if self.add_eos else []
-    out = {'tokens': np.concatenate([element['tokens'], end]).astype(np.int32)}
-    n = len(out['tokens'])
-    if self.sentences:  # the first token opens sentence 1; [EOS] opens none, so it joins the last
-      out['sentence_ids'] = np.cumsum(np.concatenate([element['sentence_starts'], [0] * len(end)]), dtype=np.int32)
-    if self.word_segmenter:  # [EOS] is a word of its own
-      out['word_starts'] = np.concatenate([element['word_starts'], [1] * len(end)]).astype(np.int32)
-    if index is not None:
-      out['document_ids'] = np.full(n, index + 1, np.int32)
-    return out
+    out = {'tokens': element['tokens']}
+    if self.sentences:  # the first token opens sentence 1
+      out['sentence_ids'] = np.cumsum(element['sentence_starts'], dtype=np.int32)
+    if self.word_segmenter:
+      out['word_starts'] = element['word_starts']
+    return _frame(out, index, self.prefix if self.add_eos else (), self.suffix if self.add_eos else ())
+
+
+def _frame(element: dict, index: int | None, prefix: tuple, suffix: tuple) -> dict:
+  """A document's features with its framing ids around it: they join its first and last sentence, and each is
+  a word of its own."""
+  n = len(element['tokens'])
+  out = {'tokens': np.asarray([*prefix, *element['tokens'], *suffix], np.int32)}
+  if 'word_starts' in element:
+    starts = np.ones(n, np.int32)
+    given = np.asarray(element['word_starts'], np.int32)[:n]
+    starts[:len(given)] = given
+    out['word_starts'] = np.concatenate([np.ones(len(prefix), np.int32), starts, np.ones(len(suffix), np.int32)])
+  if 'sentence_ids' in element:
+    ids = np.asarray(element['sentence_ids'], np.int32)[:n]
+    first, last = (ids[0], ids[-1]) if n else (1, 1)
+    out['sentence_ids'] = np.concatenate([np.full(len(prefix), first, np.int32), ids,
+                                          np.full(len(suffix), last, np.int32)])
+  if index is not None:
+    out['document_ids'] = np.full(len(out['tokens']), index + 1, np.int32)
+  return out
 
 
 def _check_features(docs, sentences: bool, word_segmenter: str) -> None:
@@ -257,8 +271,11 @@ def _rows(docs: Sequence[str], *, tokenizer: tk.Tokenizer, seed: int, offset: in
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)[shard_index::shard_count]
-  featurize = (FromTokens(add_eos, sentences, word_segmenter) if isinstance(docs, prepared.PreparedSplit) else
-               Tokenize(tokenizer, add_eos, sentences, word_segmenter))
+  prefix, suffix = specials.frame(tokenizer) if add_eos and tokenizer is not None else ((), (tk.EOS,))
+  if isinstance(docs, prepared.PreparedSplit):
+    featurize = FromTokens(add_eos, sentences, word_segmenter, prefix, suffix)
+  else:
+    featurize = Tokenize(tokenizer, add_eos, sentences, word_segmenter, prefix, suffix)
   ds = ds.map(featurize).filter(_has_tokens)
   it = ds.to_iter_dataset(read_options=_read_options(docs))
   lengths = {'tokens': pack_len, **({'sentence_ids': pack_len, 'document_ids': pack_len} if sentences else {}),

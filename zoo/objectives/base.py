@@ -53,6 +53,7 @@ class Objective:
   vocab_size: int  # the tokenizer's: random replacement tokens are drawn below it
   num_special: int  # ids [0, num_special) are special tokens and sentinels: never masked or corrupted
   label_smoothing: float = 0.0  # every cross-entropy of `terms` smooths its targets by this (0.1: the Transformer)
+  specials: Any = None  # zoo.data.specials.Specials of the tokenizer (None: zoo's ids below num_special)
 
   name = 'objective'
   perplexity = False  # report exp(loss): true for language-model losses
@@ -61,6 +62,16 @@ class Objective:
   recurrent = True  # whether it trains the recurrent families of those kinds
   families = ()  # the only families it trains (empty: every family of its kinds)
   lean_loss = False  # the model returns Features (logits=False) and `terms` takes them: a chunked loss
+  any_tokenizer = False  # trains with a HuggingFace tokenizer's special ids too (else zoo's tokenizer only)
+  needs_tokens: tuple = ()  # special tokens it puts into rows (zoo.data.specials names): refused without them
+
+  @property
+  def ids(self):
+    """The tokenizer's special ids (`zoo.data.specials.Specials`)."""
+    if self.specials is None:
+      from zoo.data import specials
+      self.specials = specials.zoo_specials(self.vocab_size, max(0, self.num_special - len(specials.NAMES)))
+    return self.specials
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     raise NotImplementedError

@@ -13,6 +13,7 @@ class CausalLm(TargetObjective):
   """Next-token loss. The last token of a document (and of a row) has no target; padding has none."""
   name = 'causal_lm'
   kinds = ('decoder', 'blank_infilling')
+  any_tokenizer = True
 
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     del rng

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives import sbo as sbo_lib
 from zoo.objectives.base import Batch, Objective, cross_entropy
 
@@ -52,6 +51,8 @@ class Mlm(Objective):
 
   name = 'mlm'
   kinds = ('encoder',)
+  any_tokenizer = True
+  needs_tokens = ('mask',)
 
   def max_predictions(self, seq_len: int) -> int:
     """Prediction slots per row: the budget, plus room for a last word or span that passes it."""
@@ -186,7 +187,8 @@ class Mlm(Objective):
     self._check_sbo()
     tokens, seg = batch['tokens'], batch['segment_ids']
     b, t = tokens.shape
-    maskable = (seg > 0) & (tokens >= self.num_special)
+    maskable = (seg > 0) & ~self.ids.is_special(tokens)
+    mask_id = self.ids.need('mask', f'objective.name={self.name!r}')
     p = self.max_predictions(t)
     inputs = tokens.copy()
     mlm_positions = np.zeros((b, p), np.int32)
@@ -202,8 +204,8 @@ class Mlm(Objective):
       u = r.random(group[-1] + 1 if n else 0)[group]  # one draw per replacement group: per token, or per span
       to_mask = chosen[u < self.mask_token_rate]
       to_random = chosen[(u >= self.mask_token_rate) & (u < self.mask_token_rate + self.random_token_rate)]
-      inputs[row, to_mask] = tk.MASK
-      inputs[row, to_random] = r.integers(self.num_special, self.vocab_size, len(to_random))
+      inputs[row, to_mask] = mask_id
+      inputs[row, to_random] = self.ids.random_tokens(r, len(to_random))
       mlm_positions[row, :n] = chosen
       mlm_labels[row, :n] = tokens[row, chosen]
       mlm_weights[row, :n] = 1.0

@@ -10,13 +10,14 @@ import dataclasses
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
+from zoo.data import specials
 from zoo.objectives.base import cross_entropy
 from zoo.tasks.base import Task, column, f1
 
 
-def encode_pair(tokenizer, a: str, b: str | None, seq_len: int) -> tuple[list[int], list[int]]:
-  """[CLS] a [SEP] (b [SEP]) cut to seq_len (the longer part first); returns (ids, token types)."""
+def encode_pair(tokenizer, a: str, b: str | None, seq_len: int, ids_of=None) -> tuple[list[int], list[int]]:
+  """[CLS] a [SEP] (b [SEP]) cut to seq_len (the longer part first), in the ids of `ids_of` (a
+  zoo.data.specials.Specials; default: the tokenizer's); returns (ids, token types)."""
   ids_a = tokenizer.encode(a)
   ids_b = tokenizer.encode(b) if b is not None else None
   budget = seq_len - 2 - (1 if ids_b is not None else 0)
@@ -27,10 +28,12 @@ def encode_pair(tokenizer, a: str, b: str | None, seq_len: int) -> tuple[list[in
       ids_b.pop()
     else:
       ids_a.pop()
-  ids = [tk.CLS] + ids_a + [tk.SEP]
+  ids_of = ids_of or specials.of(tokenizer)
+  cls, sep = ids_of.need('cls', 'a [CLS] text [SEP] task'), ids_of.need('sep', 'a [CLS] text [SEP] task')
+  ids = [cls] + ids_a + [sep]
   types = [0] * len(ids)
   if ids_b is not None:
-    ids += ids_b + [tk.SEP]
+    ids += ids_b + [sep]
     types += [1] * (len(ids_b) + 1)
   return ids, types
 
@@ -53,6 +56,7 @@ class Classification(Task):
   model_head: str = 'classification'
 
   name = 'classification'
+  any_tokenizer = True
   kinds = ('encoder',)
   term_names = ('cls',)
 
@@ -71,7 +75,7 @@ class Classification(Task):
     for r in records:
       a = str(column(r, self.text_field, 'task.text_field', where))
       b = str(column(r, self.text_pair_field, 'task.text_pair_field', where)) if self.text_pair_field else None
-      i, t = encode_pair(tokenizer, a, b, self.seq_len)
+      i, t = encode_pair(tokenizer, a, b, self.seq_len, self.ids)
       label = str(column(r, self.label_field, 'task.label_field', where))
       if label not in index:
         raise ValueError(f'{where}: label {label!r} is not among the labels {list(self.labels)} (from the '

@@ -23,7 +23,6 @@ import string
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives.base import cross_entropy
 from zoo.tasks.base import Task, column
 
@@ -124,6 +123,7 @@ class QuestionAnswering(Task):
   model_head: str = 'span'
 
   name = 'qa'
+  any_tokenizer = True
   kinds = ('encoder',)
   term_names = ('start', 'end')
 
@@ -153,6 +153,8 @@ class QuestionAnswering(Task):
   def featurize(self, records, tokenizer, where):
     t = self.seq_len
     rows, host = [], []
+    ids_of = self.ids
+    cls, sep = ids_of.need('cls', 'task.name=qa'), ids_of.need('sep', 'task.name=qa')
     for index, r in enumerate(records):
       question = str(column(r, self.question_field, 'task.question_field', where))
       context = str(column(r, self.context_field, 'task.context_field', where))
@@ -170,7 +172,7 @@ class QuestionAnswering(Task):
       room, first = self._room(len(q), len(c_ids)), len(q) + 2
       for w0 in window_starts(len(c_ids), room, self.doc_stride):
         w1 = min(w0 + room, len(c_ids))
-        ids = [tk.CLS] + q + [tk.SEP] + list(c_ids[w0:w1]) + [tk.SEP]
+        ids = [cls] + q + [sep] + list(c_ids[w0:w1]) + [sep]
         inside = span is not None and w0 <= span[0] and span[1] < w1
         rows.append((ids, first, w1 - w0, first + span[0] - w0 if inside else 0,
                      first + span[1] - w0 if inside else 0, float(span is not None)))

@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives.base import cross_entropy
 from zoo.tasks.base import Task, column, f1
 
@@ -39,6 +38,7 @@ class Tagging(Task):
   model_head: str = 'tagging'
 
   name = 'tagging'
+  any_tokenizer = True
   kinds = ('encoder',)
   term_names = ('tag',)
 
@@ -63,12 +63,15 @@ class Tagging(Task):
               'weights': np.zeros((n, t), np.float32), 'word_index': np.full((n, t), -1, np.int32)}
     gold = []
     index = {name: i for i, name in enumerate(self.labels)}
+    ids_of = self.ids
+    cls, sep = ids_of.need('cls', 'task.name=tagging'), ids_of.need('sep', 'task.name=tagging')
+    unk = ids_of.unk if ids_of.unk is not None else ids_of.pad
     for row, r in enumerate(records):
       words, tags = self._words_tags(r, where)
       gold.append(tags)
-      ids = [tk.CLS]
+      ids = [cls]
       for w, (word, tag) in enumerate(zip(words, tags)):
-        pieces = tokenizer.encode(word) or [tk.UNK]
+        pieces = tokenizer.encode(word) or [unk]
         if len(ids) + len(pieces) > t - 1:
           break  # the remaining words are predicted 'O'
         if tag not in index:
@@ -77,7 +80,7 @@ class Tagging(Task):
         arrays['weights'][row, len(ids)] = 1.0
         arrays['word_index'][row, len(ids)] = w
         ids += pieces
-      ids.append(tk.SEP)
+      ids.append(sep)
       arrays['tokens'][row, :len(ids)] = ids
     return arrays, gold
 

@@ -17,7 +17,7 @@ import optax
 
 from zoo import config as config_lib
 from zoo import finetune, models, objectives, optim, paths, registry
-from zoo.data import cache, mixture, prepared, sources
+from zoo.data import cache, mixture, prepared, sources, specials
 from zoo.data import tokenizer as tk
 from zoo.train import inputs as inputs_lib
 from zoo.train import metrics as metrics_lib
@@ -143,7 +143,11 @@ def prepared_tokenizer(config, workdir: str) -> tk.Tokenizer | None:
 
 
 def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
+  """data.tokenizer: zoo's SentencePiece model (trained once into the workdir, or a .model file), or the
+  HuggingFace tokenizer of a zoo model directory or of a tokenizer directory (`zoo.data.hf_tokenizer`)."""
   d = config.data
+  if d.tokenizer != 'train' and os.path.isdir(os.path.expanduser(d.tokenizer)):
+    return hf_tokenizer_of(os.path.expanduser(d.tokenizer))
   tok = prepared_tokenizer(config, workdir)
   if tok is not None:
     return tok
@@ -160,6 +164,19 @@ def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
   return tok if jax.process_index() == 0 else get()
 
 
+def hf_tokenizer_of(directory: str):
+  """The HuggingFace tokenizer of a zoo model directory (its hf_tokenizer/) or of a tokenizer directory."""
+  from zoo import convert
+  from zoo.data import hf_tokenizer
+  if os.path.isfile(os.path.join(directory, convert.ZOO_CONFIG)):
+    tok = convert.load_zoo_tokenizer(directory)
+    if tok is None:
+      raise FileNotFoundError(f'data.tokenizer={directory}: this zoo model directory has no tokenizer files '
+                              f'({convert.HF_TOKENIZER_DIR}/): set data.tokenizer to the tokenizer it was trained with')
+    return tok
+  return hf_tokenizer.HFTokenizer.load(directory)
+
+
 def _dtype(name: str):
   return {'float32': jax.numpy.float32, 'bfloat16': jax.numpy.bfloat16, 'float16': jax.numpy.float16}[name]
 
@@ -173,8 +190,17 @@ def make_objective(config, tok: tk.Tokenizer) -> objectives.Objective:
     fields['num_sentinels'] = tok.num_sentinels
   if 'word_starts' in wanted:
     fields['word_starts'] = tok.word_starts(np.arange(tok.vocab_size))
-  return objectives.make(config.objective.name, vocab_size=tok.vocab_size,
-                         num_special=tk.FIRST_SENTINEL + tok.num_sentinels, **fields)
+  ids = specials.of(tok)
+  if ids.source != 'zoo' and cls is not None and not cls.any_tokenizer:
+    raise ValueError(f'objective.name={config.objective.name!r} with the HuggingFace tokenizer {ids.source}: zoo '
+                     f'trains {", ".join(sorted(n for n, c in objectives.OBJECTIVES.items() if c.any_tokenizer))} '
+                     f"with a model's own tokenizer so far; use one of those, or zoo's tokenizer "
+                     f"(data.tokenizer='train')")
+  objective = objectives.make(config.objective.name, vocab_size=tok.vocab_size, num_special=ids.first_ordinary,
+                              specials=ids, **fields)
+  for name in objective.needs_tokens:
+    ids.need(name, f'objective.name={config.objective.name!r}')
+  return objective
 
 
 def _fused(config, devices) -> bool:
@@ -189,7 +215,7 @@ def build(config, workdir: str, devices=None) -> Run:
   devices: the mesh's devices (default: those present, or the first mesh.devices of them); zoo.aot passes a TPU
   topology's to compile for chips that are not attached.
   """
-  config = finetune.prepare_config(config)
+  config = finetune.prepare_config(config, workdir)
   config_lib.check(config, jax.process_count())
   # the mesh, the batch's split over it and the task's family are checked before a tokenizer is trained (seconds
   # on the default corpus, minutes on a real one): a mistake there is reported at once

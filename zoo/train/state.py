@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import checkpoint as ckpt
-from zoo import finetune
+from zoo import finetune, pretrained
 from zoo.train import metrics as metrics_lib
 
 
@@ -41,13 +41,13 @@ def init_state(run) -> TrainState:
   parameter the pretraining checkpoint holds."""
   init = init_fn(run.model, run.objective, run.tx, dummy_example(run.objective, run.config.train.seq_len))
   state = run.placement.init(lambda rng: nn.unbox(init(rng)), jax.random.key(run.config.seed), run.state_shardings)
-  if run.config.task.init_from:
-    params, report = finetune.load_pretrained(run.config.task.init_from, state.params,
-                                              None if run.state_shardings is None else run.state_shardings.params)
+  if pretrained.spec_of(run.config):
+    params, report = finetune.load_pretrained(run.config, run.workdir, state.params,
+                                              None if run.state_shardings is None else run.state_shardings.params,
+                                              scan_layers=bool(getattr(run.model, 'scan_layers', False)))
     state = state.replace(params=params)
-    metrics_lib.say(f"restored {report['restored']} parameter arrays from step {report['step']} of "
-                    f"{run.config.task.init_from}; new: {', '.join(report['new']) or 'none'}; not used: "
-                    f"{len(report['unused'])}")
+    metrics_lib.say(f"restored {report['restored']} parameter arrays from {report['where']}; new: "
+                    f"{', '.join(report['new']) or 'none'}; not used: {len(report['unused'])}")
   return run.placement.distribute(state)
 
 
