@@ -184,3 +184,128 @@ def test_mistakes_are_one_line(hf_bert, domain, tmp_path):
   (no_mask / 'vocab.txt').write_text('\n'.join(t if t != '[MASK]' else '[unused99]' for t in BERT_VOCAB) + '\n')
   with pytest.raises(ValueError, match=re.escape("objective.name='mlm' needs a mask token, and the tokenizer")):
     train.build(mlm_config(no_mask, domain / 'train.txt'), str(tmp_path / 'c'))
+
+
+# ------------------------------------------------------------------------------------------ T5 and GPT-2
+
+def _t5_dir(d, transformers):
+  import io
+
+  import sentencepiece as spm
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(domain_sentences(False) * 4), model_writer=model,
+                                 vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  (d / 'spiece.model').write_bytes(model.getvalue())  # T5's layout: <pad> 0, </s> 1, <unk> 2, 100 sentinels after
+  config = transformers.T5Config(vocab_size=140, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                 num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                 decoder_start_token_id=0, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
+  return transformers.T5ForConditionalGeneration(config)
+
+
+def _gpt2_dir(d, transformers):
+  import tokenizers
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(domain_sentences(False) * 4, vocab_size=300, min_frequency=2, show_progress=False)
+  bpe.save_model(str(d))
+  vocab = json.loads((d / 'vocab.json').read_text())
+  vocab['<|endoftext|>'] = len(vocab)  # last, as GPT-2's 50256
+  (d / 'vocab.json').write_text(json.dumps(vocab))
+  config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                   bos_token_id=len(vocab) - 1, eos_token_id=len(vocab) - 1)
+  return transformers.GPT2LMHeadModel(config)
+
+
+RECIPES = {'t5': ('t5', _t5_dir, {}), 'gpt2': ('gpt', _gpt2_dir, {'data.packing': 'pad'})}
+
+
+@pytest.fixture(scope='module', params=sorted(RECIPES))
+def hf_model(request, tmp_path_factory):
+  torch, transformers = _transformers()
+  d = tmp_path_factory.mktemp(request.param)
+  torch.manual_seed(0)
+  RECIPES[request.param][1](d, transformers).eval().save_pretrained(str(d))
+  return request.param, d
+
+
+def _config(kind, hf_dir, source, **overrides):
+  recipe, _, fixed = RECIPES[kind]
+  c = importlib.import_module(f'configs.{recipe}').get_config('tiny')
+  return config_lib.override(c, {'init_from': str(hf_dir), 'data.source': f'text:{source}', 'train.seq_len': 32,
+                                 'train.batch_size': 16, 'train.eval_batches': 1, 'log.every': 1,
+                                 'log.tensorboard': False, 'mesh.devices': 2, 'optimizer.warmup_steps': 2,
+                                 'model.dropout_rate': 0.0, **fixed, **overrides})
+
+
+def test_t5_and_gpt2_rows_hold_their_own_ids_and_score_as_transformers(hf_model, domain, tmp_path):
+  """T5: the sentinels are its <extra_id_i> (counting down from the top) and </s> closes each target; GPT-2:
+  <|endoftext|> closes each document. zoo's loss at step 0 is transformers' on the same example."""
+  torch, transformers = _transformers()
+  kind, hf_dir = hf_model
+  run = train.build(_config(kind, hf_dir, domain / 'train.txt'), str(tmp_path))
+  tok, ids = run.tokenizer, specials.of(run.tokenizer)
+  example = run.objective.example(next(iter(run.inputs.train_dataset(run))), np.random.default_rng(0))
+  params = jax.device_get(train.init_state(run).params)
+  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+  loss_sum, _ = run.objective.terms(outputs, example)['lm']
+  ours = float(loss_sum) / float(run.objective.counts(example)['lm'])
+  tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
+  if kind == 't5':
+    assert ids.sentinels[:3] == (tok.vocab_size - 1, tok.vocab_size - 2, tok.vocab_size - 3)
+    assert tok.id_to_token(ids.sentinels[0]) == '<extra_id_0>' and ids.eos == 1
+    targets = example['targets']
+    assert ids.sentinels[0] in example['tokens'] and ids.sentinels[0] in targets
+    assert all(row[row > 0][-1] == 1 for row in targets)  # </s> ends every target
+    labels = np.where(example['weights'] > 0, targets, -100)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
+    with torch.no_grad():
+      theirs = hf(input_ids=tensor(example['tokens']), attention_mask=tensor(example['tokens'] > 0),
+                  decoder_input_ids=tensor(example['decoder_tokens']), labels=tensor(labels)).loss.item()
+  else:
+    eot = tok.vocab_size - 1
+    assert ids.eos == eot and tok.id_to_token(eot) == '<|endoftext|>'
+    seg, tokens = example['segment_ids'], example['tokens']
+    last = (seg > 0) & (np.roll(seg, -1, axis=1) != seg)  # each row's last real token: a document ends there
+    assert eot in tokens[last] and not np.isin(tokens[seg > 0], np.arange(len(specials.NAMES))).any()
+    labels = np.where(seg > 0, tokens, -100)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval()
+    with torch.no_grad():
+      theirs = hf(input_ids=tensor(tokens), attention_mask=tensor(seg > 0), position_ids=tensor(example['positions']),
+                  labels=tensor(labels)).loss.item()
+  print(f'{kind} step-0 loss: zoo {ours:.6f}, transformers {theirs:.6f}')
+  assert abs(ours - theirs) < 1e-4
+
+
+@pytest.mark.slow
+def test_t5_and_gpt2_further_pretraining_learns_the_domain(hf_model, domain, tmp_path):
+  kind, hf_dir = hf_model
+  work = tmp_path / kind
+  train.train_and_evaluate(_config(kind, hf_dir, domain / 'train.txt', **{
+      'train.steps': 60, 'optimizer.learning_rate': 3e-3, 'checkpoint.every': 60}), str(work))
+  losses = [json.loads(line)['loss'] for line in open(work / 'metrics.jsonl') if '"loss"' in line]
+  print(f'{kind}: loss {np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}')
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_a_hub_name_is_read_from_the_cache_offline(hf_bert, tmp_path):
+  """init_from=hf:<name> with HF_HUB_OFFLINE=1: huggingface_hub's cache, laid out here as a download leaves it."""
+  pytest.importorskip('huggingface_hub')
+  cache, revision = tmp_path / 'hub', 'a' * 40
+  snapshot = cache / 'models--zoo-test--tiny-bert' / 'snapshots' / revision
+  snapshot.mkdir(parents=True)
+  for f in os.listdir(hf_bert):
+    (snapshot / f).write_bytes((hf_bert / f).read_bytes())
+  (cache / 'models--zoo-test--tiny-bert' / 'refs').mkdir()
+  (cache / 'models--zoo-test--tiny-bert' / 'refs' / 'main').write_text(revision)
+  env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache))
+  code = ('import sys; from zoo import pretrained\n'
+          'for name in sys.argv[2:]:\n'
+          '  try:\n'
+          '    s = pretrained.resolve(name, sys.argv[1]); print(s.kind, s.meta["family"], s.meta["source"]["hf_dir"])\n'
+          '  except Exception as e: print(type(e).__name__, e)')
+  import subprocess
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'work'), 'hf:zoo-test/tiny-bert',
+                        'hf:zoo-test/absent'], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  lines = out.stdout.strip().splitlines()
+  assert lines[0] == f'zoo bert {snapshot}', out.stderr
+  assert lines[1].startswith('FileNotFoundError init_from=hf:zoo-test/absent: the Hub gave no such model') \
+      and 'HF_HUB_OFFLINE=1 it must be in the cache' in lines[1]

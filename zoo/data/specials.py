@@ -62,9 +62,12 @@ class Specials:
   def need(self, name: str, who: str) -> int:
     """The id of token `name`, or one error naming `who` (the objective or task) and the token."""
     value = self.end if name == 'end' else getattr(self, name)
+    if name == 'sentinels':  # T5's <extra_id_i>: how many there are
+      value = len(self.sentinels) or None
     if value is None:
-      raise ValueError(f'{who} needs a {name} token, and the tokenizer {self.source} has none: use an objective '
-                       f'that does not, or a tokenizer with one')
+      what = 'sentinel tokens (<extra_id_0>, ...)' if name == 'sentinels' else f'a {name} token'
+      raise ValueError(f'{who} needs {what}, and the tokenizer {self.source} has none: use an objective that does '
+                       f'not, or a tokenizer with them')
     return int(value)
 
   def is_special(self, ids) -> np.ndarray:

@@ -12,7 +12,6 @@ import dataclasses
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives.base import Batch, Seq2SeqObjective
 
 
@@ -49,6 +48,8 @@ class SpanCorruption(Seq2SeqObjective):
 
   name = 'span_corruption'
   kinds = ('encoder_decoder',)
+  any_tokenizer = True
+  needs_tokens = ('eos', 'sentinels')
   recurrent = False  # the RNN encoder-decoder trains with denoising
 
   def targets_length(self, seq_len: int) -> int:
@@ -60,6 +61,8 @@ class SpanCorruption(Seq2SeqObjective):
     tokens, seg = batch['tokens'], batch['segment_ids']
     b, t = tokens.shape
     t_out = self.targets_length(t)
+    sentinels = np.asarray(self.ids.sentinels, np.int32)  # T5's <extra_id_0>, <extra_id_1>, ...
+    eos = self.ids.need('eos', f'objective.name={self.name!r}')
     inputs = np.zeros((b, t), np.int32)
     targets = np.zeros((b, t_out), np.int32)
     for row in range(b):
@@ -70,11 +73,11 @@ class SpanCorruption(Seq2SeqObjective):
       noise = random_spans_noise_mask(len(real), self.noise_density, self.mean_span_length, rng,
                                       self.num_sentinels)
       starts = noise & ~np.concatenate([[False], noise[:-1]])
-      sentinel_ids = tk.FIRST_SENTINEL + np.cumsum(starts) - 1
+      sentinel_ids = sentinels[np.cumsum(starts) - 1]
       row_in = np.where(starts, sentinel_ids, real)[~noise | starts]
       # the target: each span's sentinel, then the span's tokens; [EOS] closes it
       pairs = np.stack([np.where(starts, sentinel_ids, -1), real], axis=1)[noise].reshape(-1)
-      row_out = np.append(pairs[pairs >= 0], tk.EOS)
+      row_out = np.append(pairs[pairs >= 0], eos)
       inputs[row, :len(row_in)] = row_in
       targets[row, :len(row_out)] = row_out[:t_out]
     decoder_tokens = np.zeros_like(targets)
