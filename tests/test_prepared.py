@@ -333,5 +333,5 @@ def test_a_huggingface_tokenizer_directory(corpus, tmp_path):
     make(corpus, tmp_path / 'out')
   config = importlib.import_module('configs.gpt').get_config('tiny')
   config.data.source = f'prepared:{tmp_path}/out'
-  with pytest.raises(prepared.PreparedError, match='train.py trains with zoo SentencePiece tokenizers for now'):
-    train.load_tokenizer(config, str(tmp_path / 'run'))
+  read = train.load_tokenizer(config, str(tmp_path / 'run'))  # training reads it as the HF tokenizer it was
+  assert isinstance(read, hf_tokenizer.HFTokenizer) and read.encode_batch(docs[:5]) == hf.encode_batch(docs[:5])

@@ -309,3 +309,50 @@ def test_a_hub_name_is_read_from_the_cache_offline(hf_bert, tmp_path):
   assert lines[0] == f'zoo bert {snapshot}', out.stderr
   assert lines[1].startswith('FileNotFoundError init_from=hf:zoo-test/absent: the Hub gave no such model') \
       and 'HF_HUB_OFFLINE=1 it must be in the cache' in lines[1]
+
+
+def test_chinese_whole_words_of_a_character_vocabulary_follow_the_segmenter(tmp_path):
+  """BERT-Chinese has one token per character; with data.word_segmenter=jieba all characters of one segmented word
+  are one unit, as Chinese BERT-wwm masks them; WordPiece '##' pieces stay inside their word."""
+  jieba = pytest.importorskip('jieba')
+  from zoo import objectives
+  from zoo.data import hf_tokenizer
+  text = '自然语言处理很重要 tokenizing'
+  chars = sorted(set(text) - {' '})
+  (tmp_path / 'vocab.txt').write_text('\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'token', '##izing']
+                                                + chars) + '\n')
+  tok = hf_tokenizer.HFTokenizer.load(str(tmp_path))
+  ids, starts = tok.encode_words(text, 'jieba')
+  pieces = [tok.id_to_token(i) for i in ids]
+  words, unit = [], ''
+  for p, s in zip(pieces, starts):
+    if s and unit:
+      words.append(unit)
+      unit = ''
+    unit += p.replace('##', '')
+  words.append(unit)
+  jieba.setLogLevel(60)
+  assert words == [w for w, _, _ in jieba.tokenize(text) if w.strip()]
+  assert not tok.word_starts(ids).all()  # by the vocabulary alone '##izing' continues a word too
+  mlm = objectives.make('mlm', vocab_size=tok.vocab_size, num_special=5, specials=specials.of(tok),
+                        masking='whole_word', word_starts=tok.word_starts(np.arange(tok.vocab_size)))
+  lo, hi = mlm.units(np.asarray(ids), np.ones(len(ids), bool), starts=starts)
+  assert [''.join(pieces[a:b]).replace('##', '') for a, b in zip(lo, hi)] == words
+
+
+def test_further_pretraining_reads_a_corpus_prepared_with_the_models_tokenizer(hf_bert, domain, tmp_path):
+  """A large domain corpus is prepared once with the HF model's vocabulary (python -m zoo.data.prepare
+  --tokenizer=<HF dir>); init_from then trains on its shards, each document framed [CLS] ... [SEP]."""
+  from zoo.data import prepare
+  out = tmp_path / 'prepared'
+  prepare.prepare(f'text:{domain}/train.txt', str(out), tokenizer=str(hf_bert), workers=1, progress=False)
+  c = mlm_config(hf_bert, domain / 'train.txt', **{'data.source': f'prepared:{out}', 'train.steps': 3})
+  run = train.build(c, str(tmp_path / 'w'))
+  batch = next(iter(run.inputs.train_dataset(run)))
+  assert batch['tokens'][0][0] == 101 and 102 in batch['tokens'][0]
+  assert train.train_and_evaluate(c, str(tmp_path / 'w'))['step'] == 3
+  other = tmp_path / 'other'
+  other.mkdir()
+  (other / 'vocab.txt').write_text('\n'.join(BERT_VOCAB[:-1]) + '\n')
+  with pytest.raises(ValueError, match=r'data.tokenizer=.* is not the tokenizer prepared:.* was made with'):
+    train.build(config_lib.override(c, {'data.tokenizer': str(other)}), str(tmp_path / 'x'))

@@ -1,18 +1,15 @@
-"""HuggingFace tokenizers, read faithfully from their files, for models imported with `python -m zoo.convert`.
+"""HuggingFace tokenizers, read faithfully from their files: the vocabularies of imported models, which zoo trains
+and generates with (zoo's own `zoo.data.tokenizer.Tokenizer` has zoo's fixed special ids, no HF checkpoint's).
 
-zoo's own `zoo.data.tokenizer.Tokenizer` assumes zoo's fixed special ids (0 [PAD], 1 [UNK], 2 [BOS], ...), which
-no HuggingFace checkpoint has. `HFTokenizer` reads a HF tokenizer directory (what `save_pretrained` writes, or
-the vocabulary files of an older checkpoint) and gives the same ids as `transformers` does, with the special ids
-that directory declares. Nothing is executed: JSON, text and SentencePiece protos are read, no tokenizer class
-is imported from `transformers` and no remote code is ever run. What it reads, first found wins:
+`HFTokenizer` reads a HF tokenizer directory (what `save_pretrained` writes, or an older checkpoint's vocabulary
+files) and gives the ids `transformers` gives, with the special ids the directory declares. Nothing is executed:
+JSON, text and SentencePiece protos are read, no remote code is ever run. What it reads, first found wins:
 
 | file(s) | read with | conventions |
 | --- | --- | --- |
 | `tokenizer.json` | `tokenizers.Tokenizer.from_file` | all in the file (normalizer, post-processor, ...) |
-| `spiece.model` (T5) | `sentencepiece` | pad 0, eos 1 (appended with special tokens), unk 2, `extra_ids` |
-| | | sentinels: <extra_id_i> = vocab + extra_ids - 1 - i |
-| `vocab.txt` (BERT) | `tokenizers` WordPiece | BertNormalizer (do_lower_case, strip_accents, |
-| | | tokenize_chinese_chars), [CLS] A [SEP] |
+| `spiece.model` (T5) | `sentencepiece` | pad 0, eos 1, unk 2; <extra_id_i> = vocab + extra_ids - 1 - i |
+| `vocab.txt` (BERT) | `tokenizers` WordPiece | BertNormalizer (do_lower_case, strip_accents, chinese chars) |
 | `vocab.json` + `merges.txt` (GPT-2) | `tokenizers` byte-level BPE | add_prefix_space, <|endoftext|> = bos, eos, unk |
 
 Special tokens come from `tokenizer_config.json` and `special_tokens_map.json` (the family's defaults where
@@ -40,12 +37,13 @@ A tiny T5-style SentencePiece vocabulary, built offline (`sentencepiece` only; t
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from zoo.data import hf_backends as hfb
 
 SPECIAL_NAMES = ('pad', 'eos', 'bos', 'unk', 'cls', 'sep', 'mask')
 WORD_START = '\u2581'  # '▁', SentencePiece's word boundary
@@ -58,30 +56,6 @@ _DEFAULTS = {
 }
 _KIND_FAMILY = {'sentencepiece': 't5', 'wordpiece': 'bert', 'bpe': 'gpt2'}
 _MODEL_TYPE_FAMILY = {'bert': 'bert', 'gpt2': 'gpt2', 't5': 't5', 'mt5': 't5'}
-
-
-def _tokenizers():
-  try:
-    import tokenizers
-  except ImportError:
-    raise ImportError('reading HuggingFace tokenizers needs the tokenizers package: pip install tokenizers '
-                      '(it comes with transformers)') from None
-  return tokenizers
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding='utf-8') as f:
-    value = json.load(f)
-  return value if isinstance(value, dict) else {}
-
-
-def _content(value) -> str | None:
-  """A special token as tokenizer_config.json / special_tokens_map.json write it: a string or an AddedToken dict."""
-  if isinstance(value, dict):
-    return value.get('content')
-  return value if isinstance(value, str) else None
 
 
 def _family(tokenizer_config: dict, kind: str | None, config: dict) -> str | None:
@@ -159,31 +133,31 @@ class HFTokenizer:
       raise FileNotFoundError(f'{path} has no tokenizer.json, spiece.model, vocab.txt, or vocab.json + merges.txt: '
                               f'not a HuggingFace tokenizer zoo can read')
     if config is None:
-      config = _read_json(os.path.join(path, 'config.json'))
-    tc = _read_json(os.path.join(path, 'tokenizer_config.json'))
-    stm = _read_json(os.path.join(path, 'special_tokens_map.json'))
+      config = hfb.read_json(os.path.join(path, 'config.json'))
+    tc = hfb.read_json(os.path.join(path, 'tokenizer_config.json'))
+    stm = hfb.read_json(os.path.join(path, 'special_tokens_map.json'))
     family = _family(tc, kind if kind != 'tokenizer.json' else None, config)
     special = {}
     for name in SPECIAL_NAMES:
       key = f'{name}_token'
       if key in tc or key in stm:
-        special[name] = _content(tc[key] if key in tc else stm[key])
+        special[name] = hfb.content(tc[key] if key in tc else stm[key])
       else:
         special[name] = _DEFAULTS.get(family or '', {}).get(name)
-    added = _added_tokens(path, tc)
+    added = hfb.added_tokens(path, tc)
     common = dict(kind=kind, path=path, special_tokens=special, config=config, family=family,
                   clean_up_tokenization_spaces=bool(tc.get('clean_up_tokenization_spaces', False)))
     if kind == 'sentencepiece':
       with open(os.path.join(path, 'spiece.model'), 'rb') as f:
         proto = f.read()
-      return cls(sp_proto=proto, added=_sentencepiece_added(proto, tc, added, special), **common)
-    tk = _tokenizers()
+      return cls(sp_proto=proto, added=hfb.sentencepiece_added(proto, tc, added, special), **common)
+    tk = hfb.tokenizers_module()
     if kind == 'tokenizer.json':
       return cls(backend=tk.Tokenizer.from_file(os.path.join(path, 'tokenizer.json')), **common)
     if kind == 'wordpiece':
-      backend = _wordpiece(tk, path, tc, special, added)
+      backend = hfb.wordpiece(tk, path, tc, special, added)
     else:
-      backend = _byte_level_bpe(tk, path, tc, special, added)
+      backend = hfb.byte_level_bpe(tk, path, tc, special, added)
     return cls(backend=backend, **common)
 
   # ------------------------------------------------------------------------------------------ the API
@@ -233,18 +207,20 @@ class HFTokenizer:
     return [self.encode(t, add_special_tokens) for t in texts]
 
   def encode_offsets(self, text: str) -> tuple[list[int], np.ndarray]:
-    """Ids of `text` and the UTF-8 byte offset where each token starts (as zoo's Tokenizer gives them)."""
-    if self._sp is None:
-      enc = self._tk.encode(text, add_special_tokens=False)
-      starts = [a for a, _ in enc.offsets]
-    else:
-      ids, starts = [], []
-      for piece in self._sp.encode(text, out_type='immutable_proto').pieces:  # SentencePiece's own offsets
-        ids.append(piece.id)
-        starts.append(piece.begin)
+    """Ids of `text` (as `encode`) and the UTF-8 byte offset where each token starts (as zoo's Tokenizer)."""
+    if self._sp is not None:  # SentencePiece's own offsets; an added token in the text is one piece of its own
+      parts = self._added_re.split(text) if self._added_re is not None else [text]
+      ids, starts, at = [], [], 0
+      for i, part in enumerate(parts):
+        pieces = [(self._added_ids[part], 0)] if i % 2 else [(p.id, p.begin) for p in self._sp.encode(
+            part, out_type='proto').pieces] if part else []
+        ids += [p for p, _ in pieces]
+        starts += [at + b for _, b in pieces]
+        at += len(part.encode())
       return ids, np.asarray(starts, np.int64)
+    enc = self._tk.encode(text, add_special_tokens=False)
     char_to_byte = np.cumsum([0] + [len(c.encode()) for c in text])
-    return enc.ids, char_to_byte[np.asarray(starts, np.int64)] if starts else np.zeros(0, np.int64)
+    return enc.ids, char_to_byte[np.asarray([a for a, _ in enc.offsets], np.int64)].astype(np.int64)
 
   @property
   def num_sentinels(self) -> int:
@@ -268,6 +244,13 @@ class HFTokenizer:
         starts = [t.startswith(marks) for t in tokens]
       self._word_start = np.array([s or i in special for i, s in enumerate(starts)])
     return self._word_start[np.asarray(ids)]
+
+  def encode_words(self, text: str, segmenter: str = 'jieba') -> tuple[list[int], np.ndarray]:
+    """Ids and per token whether it starts a word of the segmenter ('jieba': all characters of one Chinese word
+    are masked together, as Chinese BERT-wwm masks them), or is special."""
+    from zoo.data import tokenizer as tk
+    ids, at_word = tk.segmented(self, text, segmenter)
+    return ids, (at_word | self.is_special(ids)).astype(np.int32)
 
   def is_special(self, ids) -> np.ndarray:
     return np.isin(np.asarray(ids), sorted(self.all_special_ids))
@@ -347,99 +330,6 @@ class HFTokenizer:
     """SentencePiece: a regex matching the added and special tokens in a text (longest first)."""
     pattern = '|'.join(re.escape(c) for c in sorted(self._added_ids, key=len, reverse=True))
     self._added_re = re.compile(f'({pattern})') if pattern else None
-
-
-# ------------------------------------------------------------------------------------------ building backends
-
-def _added_tokens(path: str, tc: dict) -> dict[int, dict]:
-  """Added tokens as {id: AddedToken fields}: tokenizer_config.json's added_tokens_decoder, else the older
-  added_tokens.json ({token: id})."""
-  out = {}
-  for i, info in (tc.get('added_tokens_decoder') or {}).items():
-    info = info if isinstance(info, dict) else {'content': str(info)}
-    out[int(i)] = {k: info[k] for k in ('content', 'single_word', 'lstrip', 'rstrip', 'normalized', 'special')
-                   if k in info}
-  for token, i in _read_json(os.path.join(path, 'added_tokens.json')).items():
-    out.setdefault(int(i), {'content': token})
-  return out
-
-
-def _add_tokens(tk, backend, added: dict[int, dict], special: dict) -> None:
-  """Added tokens (in id order) and the special tokens, as AddedTokens (special ones not normalized)."""
-  specials = {t for t in special.values() if t is not None}
-  for _, info in sorted(added.items()):
-    is_special = info.get('special', info['content'] in specials)
-    token = tk.AddedToken(info['content'], single_word=info.get('single_word', False),
-                          lstrip=info.get('lstrip', False), rstrip=info.get('rstrip', False),
-                          normalized=info.get('normalized', not is_special), special=is_special)
-    (backend.add_special_tokens if is_special else backend.add_tokens)([token])
-  known = {info['content'] for info in added.values()}
-  backend.add_special_tokens([tk.AddedToken(t, special=True, normalized=False) for t in sorted(specials - known)
-                              if backend.token_to_id(t) is not None])
-
-
-def _wordpiece(tk, path: str, tc: dict, special: dict, added: dict):
-  """BERT's vocab.txt as transformers' BertTokenizer builds it."""
-  vocab = {}
-  with open(os.path.join(path, 'vocab.txt'), encoding='utf-8') as f:
-    for index, line in enumerate(f):
-      vocab[line.rstrip('\n')] = index
-  unk = special.get('unk') or '[UNK]'
-  backend = tk.Tokenizer(tk.models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
-  backend.normalizer = tk.normalizers.BertNormalizer(
-      clean_text=True, handle_chinese_chars=tc.get('tokenize_chinese_chars', True),
-      strip_accents=tc.get('strip_accents'), lowercase=tc.get('do_lower_case', True))
-  backend.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-  backend.decoder = tk.decoders.WordPiece(prefix='##')
-  _add_tokens(tk, backend, added, special)
-  cls, sep = special.get('cls'), special.get('sep')
-  if cls is not None and sep is not None and cls in vocab and sep in vocab:
-    backend.post_processor = tk.processors.TemplateProcessing(
-        single=f'{cls}:0 $A:0 {sep}:0', pair=f'{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1',
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
-  return backend
-
-
-def _byte_level_bpe(tk, path: str, tc: dict, special: dict, added: dict):
-  """GPT-2's vocab.json + merges.txt as transformers' GPT2Tokenizer builds them (byte-level BPE)."""
-  model = tk.models.BPE.from_file(os.path.join(path, 'vocab.json'), os.path.join(path, 'merges.txt'),
-                                  continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False)
-  backend = tk.Tokenizer(model)
-  backend.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=bool(tc.get('add_prefix_space', False)))
-  backend.decoder = tk.decoders.ByteLevel()
-  _add_tokens(tk, backend, added, special)
-  bos, eos = special.get('bos'), special.get('eos')
-  single = ([f'{bos}:0'] if tc.get('add_bos_token') and bos else []) + ['$A:0'] + \
-      ([f'{eos}:0'] if tc.get('add_eos_token') and eos else [])
-  if len(single) > 1:
-    used = {t.split(':')[0] for t in single if not t.startswith('$')}
-    backend.post_processor = tk.processors.TemplateProcessing(
-        single=' '.join(single), special_tokens=[(t, backend.token_to_id(t)) for t in sorted(used)])
-  return backend
-
-
-def _sentencepiece_added(proto: bytes, tc: dict, added: dict[int, dict], special: dict) -> dict[int, tuple[str, bool]]:
-  """T5's tokens beyond the SentencePiece vocabulary: added_tokens_decoder when the config lists it, else
-  `extra_ids` sentinels <extra_id_i> at vocab + extra_ids - 1 - i (<extra_id_0> last), then any other
-  additional special tokens in order."""
-  import sentencepiece as spm
-  sp = spm.SentencePieceProcessor(model_proto=proto)
-  n = sp.get_piece_size()
-  specials = {t for t in special.values() if t is not None}
-  out = {i: (info['content'], info.get('special', True)) for i, info in added.items()
-         if i >= n or sp.id_to_piece(i) != info['content']}
-  have = {content for content, _ in out.values()}
-  extra_ids = int(tc.get('extra_ids', 100) or 0)
-  if not any(i >= n for i in out):
-    for k in range(extra_ids):
-      out[n + extra_ids - 1 - k] = (f'<extra_id_{k}>', True)
-    have |= {f'<extra_id_{k}>' for k in range(extra_ids)}
-  extra = [_content(t) for t in (tc.get('additional_special_tokens') or tc.get('extra_special_tokens') or [])]
-  for token in [t for t in extra if t] + sorted(specials):
-    if token not in have and sp.id_to_piece(sp.piece_to_id(token)) != token:
-      out[max([n - 1, *out]) + 1] = (token, True)
-      have.add(token)
-  return out
 
 
 def _clean_up_tokenization(text: str) -> str:

@@ -81,14 +81,19 @@ def load_manifest(directory: str) -> dict:
   return manifest
 
 
+def hf_tokenizer_dir(directory: str, manifest: dict | None = None) -> str | None:
+  """DIR/tokenizer when the corpus was prepared with a HuggingFace tokenizer's files, else None (zoo's)."""
+  manifest = manifest or load_manifest(directory)
+  return paths.join(directory, 'tokenizer') if manifest['tokenizer'].get('kind', 'zoo') != 'zoo' else None
+
+
 def tokenizer_proto(directory: str, manifest: dict | None = None) -> bytes:
   """The tokenizer file (SentencePiece model bytes) a prepared corpus was made with, checked against the
   manifest's hash."""
   manifest = manifest or load_manifest(directory)
   if manifest['tokenizer'].get('kind', 'zoo') != 'zoo':
-    raise PreparedError(f'prepared:{directory} was made with the HuggingFace tokenizer in {directory}/tokenizer: '
-                        f'train.py trains with zoo SentencePiece tokenizers for now; prepare the corpus with '
-                        f'--tokenizer=<zoo .model> or --vocab_size=N')
+    raise PreparedError(f'prepared:{directory} was made with the HuggingFace tokenizer in {directory}/tokenizer, '
+                        f'not a zoo SentencePiece model: read it with hf_tokenizer_dir')
   path = paths.join(directory, manifest['tokenizer']['file'])
   if not paths.is_file(path):
     raise PreparedError(f'{path} is missing: the prepared corpus {directory} is incomplete; prepare it again')

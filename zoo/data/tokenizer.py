@@ -77,6 +77,15 @@ def _byte_offsets(text: str, char_offsets) -> np.ndarray:
   return np.asarray(out, np.int64)
 
 
+def segmented(tokenizer, text: str, segmenter: str) -> tuple[list[int], np.ndarray]:
+  """Token ids of `text` (a zoo or HF tokenizer's `encode_offsets`) and, per token, whether it is the first one
+  at a word start of the segmenter ('jieba')."""
+  ids, begins = tokenizer.encode_offsets(text)
+  starts = set(_byte_offsets(text, _word_starts(text, segmenter)).tolist())
+  first = np.concatenate([[True], begins[1:] != begins[:-1]])  # byte-fallback pieces share a begin
+  return ids, np.fromiter((b in starts for b in begins), bool, len(ids)) & first
+
+
 def _word_starts(text: str, segmenter: str) -> list[int]:
   if segmenter != 'jieba':
     raise ValueError(f"data.word_segmenter={segmenter!r}: use '' (none) or 'jieba'")
@@ -172,10 +181,7 @@ class Tokenizer:
   def encode_words(self, text: str, segmenter: str = 'jieba') -> tuple[list[int], np.ndarray]:
     """Token ids and, per token, whether it starts a word: a '▁' piece, or the first piece at a word start
     from the segmenter ('jieba': Chinese words, which spaces do not separate). Whole-word masking's units."""
-    ids, begins = self.encode_offsets(text)
-    starts = set(_byte_offsets(text, _word_starts(text, segmenter)).tolist())
-    first = np.concatenate([[True], begins[1:] != begins[:-1]])  # byte-fallback pieces share a begin
-    at_word = np.fromiter((b in starts for b in begins), bool, len(ids)) & first
+    ids, at_word = segmented(self, text, segmenter)
     return ids, (at_word | self._word_start[np.asarray(ids, np.int64)]).astype(np.int32)
 
   def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:

@@ -122,6 +122,9 @@ def prepared_tokenizer(config, workdir: str) -> tk.Tokenizer | None:
   dirs = [prepared.directory_of(p) for p in parts if prepared.is_prepared(p)]
   if not dirs:
     return None
+  hf_dirs = [prepared.hf_tokenizer_dir(x) for x in dirs]
+  if any(hf_dirs):
+    return _prepared_hf_tokenizer(config, dirs, hf_dirs)
   toks = [tk.Tokenizer(prepared.tokenizer_proto(x), x) for x in dirs]
   for x, t in zip(dirs[1:], toks[1:]):
     if t.model_proto != toks[0].model_proto:
@@ -142,15 +145,41 @@ def prepared_tokenizer(config, workdir: str) -> tk.Tokenizer | None:
   return tk.Tokenizer(tok.model_proto, path)
 
 
+def _vocab_files(directory: str) -> dict:
+  from zoo import convert
+  inner = os.path.join(directory, convert.HF_TOKENIZER_DIR)  # a zoo model directory keeps them there
+  directory = inner if os.path.isdir(inner) else directory
+  return {n: paths.path(directory).joinpath(n).read_bytes() for n in convert.TOKENIZER_FILES
+          if paths.is_file(paths.join(directory, n))}
+
+
+def _prepared_hf_tokenizer(config, dirs: list, hf_dirs: list):
+  """The HuggingFace tokenizer prepared corpora were made with: one for all of them, and data.tokenizer's (the
+  init_from model's) when that is set."""
+  from zoo.data import hf_tokenizer
+  if not all(hf_dirs) or any(_vocab_files(h) != _vocab_files(hf_dirs[0]) for h in hf_dirs[1:]):
+    raise ValueError(f'data.source: prepared:{dirs[0]} and the other prepared sources were made with different '
+                     f'tokenizers; a mixture trains one model on one vocabulary: prepare them with the same --tokenizer')
+  tok_spec = os.path.expanduser(config.data.tokenizer)
+  if config.data.tokenizer != 'train':
+    same = os.path.isdir(tok_spec) and all(_vocab_files(tok_spec).get(n) == b
+                                           for n, b in _vocab_files(hf_dirs[0]).items())
+    if not same:
+      raise ValueError(f'data.tokenizer={config.data.tokenizer} is not the tokenizer prepared:{dirs[0]} was made '
+                       f'with ({hf_dirs[0]}): prepare the corpus with --tokenizer=<the model\'s HF directory>')
+    return hf_tokenizer_of(tok_spec)  # with the model's config.json: the ids its files leave open
+  return hf_tokenizer.HFTokenizer.load(hf_dirs[0])
+
+
 def load_tokenizer(config, workdir: str) -> tk.Tokenizer:
   """data.tokenizer: zoo's SentencePiece model (trained once into the workdir, or a .model file), or the
   HuggingFace tokenizer of a zoo model directory or of a tokenizer directory (`zoo.data.hf_tokenizer`)."""
   d = config.data
-  if d.tokenizer != 'train' and os.path.isdir(os.path.expanduser(d.tokenizer)):
-    return hf_tokenizer_of(os.path.expanduser(d.tokenizer))
   tok = prepared_tokenizer(config, workdir)
   if tok is not None:
     return tok
+  if d.tokenizer != 'train' and os.path.isdir(os.path.expanduser(d.tokenizer)):
+    return hf_tokenizer_of(os.path.expanduser(d.tokenizer))
   get = lambda: tk.get_tokenizer(  # noqa: E731
       d.tokenizer, workdir=workdir, vocab_size=d.vocab_size, model_type=d.tokenizer_type,
       num_sentinels=d.num_sentinels, documents=lambda: read(config, 'train'), source=d.source,
