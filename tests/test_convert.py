@@ -136,6 +136,51 @@ def test_bert_export_loads_in_transformers(hf_bert, tmp_path):
   _check('bert random zoo->HF nsp', out.seq_relationship_logits.numpy(), nsp)
 
 
+def _roberta_inputs(vocab):
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(3, vocab, (2, 12))  # never <pad> (1): transformers counts positions past the padding
+  mask = np.ones((2, 12), np.int64)
+  mask[1, 8:] = 0
+  tokens[1, 8:] = 1
+  return tokens, mask
+
+
+@pytest.mark.parametrize('architecture', ['RobertaForMaskedLM', 'XLMRobertaForMaskedLM'])
+def test_roberta_import_and_export_match_transformers(architecture, tmp_path):
+  """Positions start after the padding id (pad_token_id 1: row 2 is position 0), one token type, the MLM head
+  under lm_head; in, out, and a random zoo RoBERTa out."""
+  torch, transformers = _torch()
+  torch.manual_seed(0)
+  cls = getattr(transformers, architecture)
+  config_cls = transformers.XLMRobertaConfig if architecture.startswith('XLM') else transformers.RobertaConfig
+  config = config_cls(vocab_size=211, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=96, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1,
+                      bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+  hf = _perturb(torch, cls(config), 8)
+  hf.save_pretrained(str(tmp_path / 'hf'))
+  tokens, mask = _roberta_inputs(211)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  model, params, family, fields = convert.load_hf(str(tmp_path / 'hf'))
+  assert family == 'roberta' and (fields['position_offset'], fields['max_len'], fields['type_vocab_size']) == (2, 40, 1)
+  zoo_mlm = lambda m, p: _apply(m)({'params': p}, jnp.asarray(tokens), segment_ids=jnp.asarray(mask))['mlm_logits']  # noqa
+  _check('roberta import mlm', zoo_mlm(model, params), ref, mask.astype(bool))
+  out_dir = convert.export_hf(model, params, 'roberta', str(tmp_path / 'out'))
+  back, info = transformers.RobertaForMaskedLM.from_pretrained(out_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
+  with torch.no_grad():
+    again = back.eval()(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  _check('roberta import->export mlm', again, ref)
+  model = models.get_model('roberta', 'tiny', vocab_size=173, max_len=32, dropout_rate=0.0)
+  params = _random_params(model, seed=5)
+  back = transformers.RobertaForMaskedLM.from_pretrained(convert.export_hf(model, params, 'roberta',
+                                                                           str(tmp_path / 'random'))).eval()
+  tokens, mask = _roberta_inputs(173)
+  with torch.no_grad():
+    theirs = back(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  _check('roberta random zoo->HF mlm', theirs, zoo_mlm(model, params), mask.astype(bool))
+
+
 def test_bert_masked_lm_imports_with_fresh_pooler(tmp_path):
   torch, transformers = _torch()
   torch.manual_seed(0)
@@ -671,7 +716,7 @@ def _write(tmp_path, config):
 
 
 @pytest.mark.parametrize('config, field', [
-    (dict(model_type='roberta'), 'model_type'),
+    (dict(model_type='llama'), 'model_type'),
     (dict(model_type='bert', architectures=['BertForSequenceClassification']), 'architectures'),
 ])
 def test_unsupported_model_refused_before_reading_weights(tmp_path, config, field):

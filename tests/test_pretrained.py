@@ -356,3 +356,49 @@ def test_further_pretraining_reads_a_corpus_prepared_with_the_models_tokenizer(h
   (other / 'vocab.txt').write_text('\n'.join(BERT_VOCAB[:-1]) + '\n')
   with pytest.raises(ValueError, match=r'data.tokenizer=.* is not the tokenizer prepared:.* was made with'):
     train.build(config_lib.override(c, {'data.tokenizer': str(other)}), str(tmp_path / 'x'))
+
+
+def test_roberta_further_pretrains_with_its_own_ids_and_scores_as_transformers(domain, tmp_path):
+  """RoBERTa (dynamic MLM): <s> text </s> rows, its <mask>, its positions past the padding id; zoo's MLM loss at
+  step 0 is transformers' on the same masked batch."""
+  torch, transformers = _transformers()
+  import tokenizers
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(domain_sentences(False) * 4, vocab_size=300, min_frequency=2, show_progress=False,
+                          special_tokens=['<s>', '<pad>', '</s>', '<unk>', '<mask>'])
+  bpe.save_model(str(tmp_path))
+  hf_dir = tmp_path / 'roberta'
+  tok = transformers.RobertaTokenizer.from_pretrained(str(tmp_path))  # vocab.json + merges.txt
+  tok.save_pretrained(str(hf_dir))
+  torch.manual_seed(0)
+  config = transformers.RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
+                                      pad_token_id=1, bos_token_id=0, eos_token_id=2)
+  transformers.RobertaForMaskedLM(config).eval().save_pretrained(str(hf_dir))
+  run = train.build(mlm_config(hf_dir, domain / 'train.txt'), str(tmp_path / 'w'))
+  ids = specials.of(run.tokenizer)
+  assert run.config.model.family == 'roberta'
+  assert (ids.cls, ids.pad, ids.sep, ids.unk, ids.mask, ids.end) == (0, 1, 2, 3, 4, 2)
+  batch = next(iter(run.inputs.train_dataset(run)))
+  assert batch['tokens'][0][0] == 0 and 2 in batch['tokens'][0]  # each document framed <s> ... </s>
+  rows = [tok(s)['input_ids'] for s in domain_sentences(False)[:16]]
+  tokens = np.ones((len(rows), 32), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  seg = (tokens != 1).astype(np.int32)
+  example = run.objective.example({'tokens': tokens, 'segment_ids': seg, 'positions': np.arange(32)[None] * seg},
+                                  np.random.default_rng(1))
+  assert 4 in example['tokens']
+  params = jax.device_get(train.init_state(run).params)
+  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+  ours = float(run.objective.terms(outputs, example)['mlm'][0]) / float(run.objective.counts(example)['mlm'])
+  labels = np.full(tokens.shape, -100, np.int64)
+  for i in range(len(rows)):
+    w = example['mlm_weights'][i] > 0
+    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  hf = transformers.RobertaForMaskedLM.from_pretrained(str(hf_dir)).eval()
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(example['tokens'], dtype=torch.long),
+                attention_mask=torch.tensor(seg, dtype=torch.long), labels=torch.tensor(labels)).loss.item()
+  print(f'roberta step-0 MLM loss: zoo {ours:.6f}, transformers {theirs:.6f}')
+  assert abs(ours - theirs) < 1e-4

@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'gpt'  # a family of zoo.models: bert, albert, gpt, t5, bart, transformer, glm, rnn_lm, rnn_seq2seq
+  c.model.family = 'gpt'  # a family of zoo.models: bert, roberta, albert, electra, gpt, t5, bart, transformer, glm, ...
   c.model.size = 'tiny'  # a size of that family (python -m zoo.models lists them)
   c.model.vocab_size = -1  # -1: the tokenizer's size rounded up to a multiple of 128
   c.model.dtype = 'float32'  # compute dtype: 'bfloat16' on TPU/GPU; parameters stay float32

@@ -33,6 +33,8 @@ def fields_to_config(f: dict) -> dict:
     common.refuse('bert', f, 'embedding_dim', 'a factorized embedding is ALBERT')
   if f['share_layers']:
     common.refuse('bert', f, 'share_layers', 'shared layers are ALBERT')
+  if f.get('position_offset', 0):
+    common.refuse('bert', f, 'position_offset', 'positions after the padding id are RoBERTa (family roberta)')
   act = f.get('activation')
   if act not in common.ZOO_ACT:
     common.refuse('bert', f, 'activation', f'HF BERT takes one of {sorted(common.ZOO_ACT)}')

@@ -3,11 +3,11 @@ and the config mapping that goes through them: which family a HF config is, HF c
 HF config."""
 from __future__ import annotations
 
-from zoo.convert import albert, bart, bert, gpt, t5
+from zoo.convert import albert, bart, bert, gpt, roberta, t5
 from zoo.convert.common import ConversionError, Converter, model_fields, refuse
 
-CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, albert.CONVERTER, gpt.CONVERTER,
-                                                          t5.CONVERTER, bart.CONVERTER)}
+CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, roberta.CONVERTER, albert.CONVERTER,
+                                                          gpt.CONVERTER, t5.CONVERTER, bart.CONVERTER)}
 FAMILIES = tuple(CONVERTERS)
 SUPPORTED_ARCHITECTURES = {name: c.architectures for name, c in CONVERTERS.items()}
 MODEL_TYPES = {model_type: c.family for c in CONVERTERS.values() for model_type in c.model_types}
@@ -37,7 +37,7 @@ def detect_family(config: dict) -> str:
   model_type = config.get('model_type')
   if model_type not in MODEL_TYPES:
     raise ConversionError(f'config.json model_type={model_type!r} is not supported: zoo imports '
-                          f'{sorted(MODEL_TYPES)} (BERT, ALBERT, GPT-2, T5 / mT5, BART)')
+                          f'{sorted(MODEL_TYPES)} (BERT, RoBERTa / XLM-R, ALBERT, GPT-2, T5 / mT5, BART)')
   family = MODEL_TYPES[model_type]
   for arch in config.get('architectures') or ():
     if arch not in SUPPORTED_ARCHITECTURES[family]:

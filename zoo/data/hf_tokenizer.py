@@ -53,9 +53,11 @@ _DEFAULTS = {
     'bert': dict(unk='[UNK]', sep='[SEP]', pad='[PAD]', cls='[CLS]', mask='[MASK]'),
     'gpt2': dict(unk='<|endoftext|>', bos='<|endoftext|>', eos='<|endoftext|>'),
     't5': dict(eos='</s>', unk='<unk>', pad='<pad>'),
+    'roberta': dict(bos='<s>', eos='</s>', sep='</s>', cls='<s>', unk='<unk>', pad='<pad>', mask='<mask>'),
 }
 _KIND_FAMILY = {'sentencepiece': 't5', 'wordpiece': 'bert', 'bpe': 'gpt2'}
-_MODEL_TYPE_FAMILY = {'bert': 'bert', 'gpt2': 'gpt2', 't5': 't5', 'mt5': 't5'}
+_MODEL_TYPE_FAMILY = {'bert': 'bert', 'gpt2': 'gpt2', 't5': 't5', 'mt5': 't5', 'roberta': 'roberta',
+                      'xlm-roberta': 'roberta'}
 
 
 def _family(tokenizer_config: dict, kind: str | None, config: dict) -> str | None:

@@ -37,6 +37,8 @@ class Family(NamedTuple):
 
 FAMILIES: dict[str, Family] = {
     'bert': Family(bert.Bert, bert.SIZES, bert.PUBLISHED_PARAMS, 'BERT encoder, MLM + NSP heads', ENCODER),
+    'roberta': Family(bert.Bert, bert.ROBERTA_SIZES, {}, 'RoBERTa: BERT with positions after the padding id, one '
+                      'token type; dynamic MLM, no NSP', ENCODER),
     'albert': Family(albert.Albert, albert.SIZES, albert.PUBLISHED_PARAMS,
                      'ALBERT: factorized embeddings, shared layers, MLM + SOP heads', ENCODER),
     'electra': Family(electra.Electra, electra.SIZES, electra.PUBLISHED_PARAMS,

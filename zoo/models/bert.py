@@ -33,6 +33,12 @@ SIZES = {
 }
 # transformers' BertForPreTraining built from the same config (vocab 30,522); the paper rounds to 110M / 340M.
 PUBLISHED_PARAMS = {'base': 110_106_428, 'large': 336_226_108}
+# RoBERTa (Liu et al. 2019): BERT's encoder, one token type, positions counted from pad_id + 1 (as its checkpoints
+# store them), LayerNorm eps 1e-5, a byte-level BPE vocabulary of 50,265; trained with dynamic MLM and no NSP.
+_ROBERTA = dict(type_vocab_size=1, pad_id=1, position_offset=2, norm_eps=1e-5)
+ROBERTA_SIZES = {'tiny': dict(SIZES['tiny'], **_ROBERTA),
+                 'base': dict(SIZES['base'], vocab_size=50265, **_ROBERTA),
+                 'large': dict(SIZES['large'], vocab_size=50265, **_ROBERTA)}
 
 
 class SpanBoundaryHead(nn.Module):
@@ -88,6 +94,7 @@ class Bert(nn.Module):
   dropout_rate: float = 0.1
   norm_eps: float = 1e-12
   pad_id: int = 0
+  position_offset: int = 0  # RoBERTa: position p reads row p + offset of the position table (offset = pad_id + 1)
   dtype: common.Dtype = jnp.float32
   scan_layers: bool = False
   remat: bool | str = 'none'  # none, full, or a jax.checkpoint_policies name (zoo.layers.transformer)
@@ -112,8 +119,8 @@ class Bert(nn.Module):
 
     token_embed = common.embed(self.vocab_size, e, ('vocab', e_axis), dtype=self.dtype, name='token_embed')
     x = (token_embed(tokens)
-         + common.embed(self.max_len, e, ('positions', e_axis), dtype=self.dtype, name='position_embed')(
-             positions)
+         + common.embed(self.max_len + self.position_offset, e, ('positions', e_axis), dtype=self.dtype,
+                        name='position_embed')(positions + self.position_offset)
          + common.embed(self.type_vocab_size, e, ('types', e_axis), dtype=self.dtype, name='type_embed')(
              token_types))
     x = common.norm('layernorm', eps=self.norm_eps, dtype=self.dtype, name='embed_norm')(x)
