@@ -284,6 +284,31 @@ def test_t5_and_gpt2_further_pretraining_learns_the_domain(hf_model, domain, tmp
   losses = [json.loads(line)['loss'] for line in open(work / 'metrics.jsonl') if '"loss"' in line]
   print(f'{kind}: loss {np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}')
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+  # exported with its original vocabulary, transformers loads it unchanged and decodes greedily as zoo does
+  import zoo
+  from zoo.convert import cli
+  torch, transformers = _transformers()
+  exported = tmp_path / 'exported'
+  assert cli.main(['export', '--workdir', str(work), '--out', str(exported)]) == 0
+  loaded = zoo.load(str(work), devices=1)
+  tok = transformers.AutoTokenizer.from_pretrained(str(exported))
+  if kind == 't5':  # the span a sentinel stands for, as pretrained: its ids (the sentinels are special)
+    prompt = 'in the garden the cat eats <extra_id_0> .'
+    from zoo import generation
+    ours = generation.generate_ids(loaded, [prompt], max_new=4)[0]
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(exported)).eval()
+    with torch.no_grad():
+      theirs = model.generate(tok(prompt, return_tensors='pt')['input_ids'], max_new_tokens=4,
+                              do_sample=False)[0].tolist()[1:]  # after the decoder's start
+    assert ours[0] == tok.convert_tokens_to_ids('<extra_id_0>')
+  else:
+    prompt = 'in the garden the cat eats'
+    ours = zoo.generate(loaded, [prompt], max_new=4)[0]
+    pipe = transformers.pipeline('text-generation', model=str(exported), tokenizer=str(exported), device='cpu')
+    theirs = pipe(prompt, max_new_tokens=4, do_sample=False, return_full_text=False)[0]['generated_text']
+    assert ours.strip()
+  print(f'{kind} greedy continuation: zoo {ours!r}, transformers {theirs!r}')
+  assert ours == theirs
 
 
 def test_a_hub_name_is_read_from_the_cache_offline(hf_bert, tmp_path):
