@@ -23,11 +23,10 @@ def run_notebook(name, tmp_path, **parameters):
                                    resources={'metadata': {'path': env_cwd}})
   client.execute()
   nbformat.write(nb, str(tmp_path / f'{name}.ipynb'))  # executed copy, for a look when a check fails
-  for cell in nb.cells:
-    for out in cell.get('outputs', []):
-      text = out.get('text', '')
-      if out.get('output_type') == 'stream' and 'RESULTS ' in text:
-        return json.loads(text.split('RESULTS ', 1)[1].splitlines()[0])
+  for cell in nb.cells:  # a print may reach the notebook in several stream pieces: read the cell's whole stream
+    text = ''.join(out.get('text', '') for out in cell.get('outputs', []) if out.get('output_type') == 'stream')
+    if 'RESULTS ' in text:
+      return json.loads(text.split('RESULTS ', 1)[1].splitlines()[0])
   raise AssertionError(f'{name} printed no RESULTS line')
 
 

@@ -191,7 +191,7 @@ def test_bad_configurations_stop_before_compiling(tokenizer_path, tmp_path):
       ({'train.batch_size': 8, 'train.microbatches': 3}, r'train.microbatches=3'),
       ({'model.vocab_size': 512}, r'has 1000 pieces but model.vocab_size is 512'),
       ({'train.seq_len': 256}, r'train.seq_len=256 is longer than model.max_len=128'),
-      ({'objective.name': 'mlm'}, r"objective.name='mlm' trains \['albert', 'bert'\], not model.family='gpt'"),
+      ({'objective.name': 'mlm'}, r"objective.name='mlm' trains \['albert', 'bert', 'roberta'\], not model.family='gpt'"),
       ({'log.every': 0}, r'log.every=0 must be positive'),
       ({'objective.mask_rate': 0.2, 'objective.name': 'causal_lm'}, r"objective causal_lm has no field\(s\) \['mask_rate'\]"),
   ]
