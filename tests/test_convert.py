@@ -181,6 +181,53 @@ def test_roberta_import_and_export_match_transformers(architecture, tmp_path):
   _check('roberta random zoo->HF mlm', theirs, zoo_mlm(model, params), mask.astype(bool))
 
 
+@pytest.mark.parametrize('with_generator', [True, False])
+def test_electra_import_and_export_match_transformers(with_generator, tmp_path):
+  """The discriminator (ElectraForPreTraining, E=16 < H=32) and the generator (ElectraForMaskedLM in generator/,
+  width 16, the same embeddings): RTD and MLM logits in, out; without a generator directory a fresh one."""
+  torch, transformers = _torch()
+  torch.manual_seed(0)
+  common = dict(vocab_size=101, embedding_size=16, max_position_embeddings=40, type_vocab_size=2)
+  disc = _perturb(torch, transformers.ElectraForPreTraining(transformers.ElectraConfig(
+      **common, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)), 9)
+  hf_dir = tmp_path / 'hf'
+  disc.save_pretrained(str(hf_dir))
+  tokens, mask, types = _bert_inputs(101)
+  feed = dict(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types))
+  with torch.no_grad():
+    rtd_ref = disc(**feed).logits.numpy()
+  if with_generator:
+    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(
+        **common, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
+    _perturb(torch, gen, 10)
+    gen.electra.embeddings.load_state_dict(disc.electra.embeddings.state_dict())  # shared, as ELECTRA trains them
+    gen.tie_weights()
+    gen.save_pretrained(str(hf_dir / 'generator'))
+    with torch.no_grad():
+      mlm_ref = gen.eval()(**feed).logits.numpy()
+  model, params, family, fields = convert.load_hf(str(hf_dir))
+  assert family == 'electra' and (fields['embedding_dim'], fields['embed_dim']) == (16, 32)
+  assert fields['generator_embed_dim'] == (16 if with_generator else 64)
+  t = tokens.shape[1]
+  run = lambda m, p: _apply(m)({'params': p}, jnp.asarray(tokens), token_types=jnp.asarray(types),  # noqa: E731
+                               segment_ids=jnp.asarray(mask), mlm_positions=jnp.broadcast_to(jnp.arange(t), (2, t)),
+                               mlm_weights=jnp.zeros((2, t)), sample_seeds=jnp.arange(2, dtype=jnp.uint32))
+  out = run(model, params)
+  valid = mask.astype(bool)
+  _check('electra import rtd', out['rtd_logits'], rtd_ref, valid)
+  if with_generator:
+    _check('electra import generator mlm', out['mlm_logits'], mlm_ref, valid)
+  out_dir = convert.export_hf(model, params, 'electra', str(tmp_path / 'out'))
+  back, info = transformers.ElectraForPreTraining.from_pretrained(out_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
+  with torch.no_grad():
+    _check('electra export rtd', back.eval()(**feed).logits.numpy(), rtd_ref)
+    gen_back, info = transformers.ElectraForMaskedLM.from_pretrained(os.path.join(out_dir, 'generator'),
+                                                                      output_loading_info=True)
+    assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
+    _check('electra export generator mlm', gen_back.eval()(**feed).logits.numpy(), out['mlm_logits'], valid)
+
+
 def test_bert_masked_lm_imports_with_fresh_pooler(tmp_path):
   torch, transformers = _torch()
   torch.manual_seed(0)

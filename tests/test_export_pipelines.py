@@ -261,7 +261,7 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, capsys, famil
     convert.main(['export', '--workdir', str(workdir), '--out', str(tmp_path / 'out')])
   assert e.value.code != 0
   err = capsys.readouterr().err.strip()
-  assert err.startswith('error: zoo converts bert, roberta, albert, gpt, t5, bart') and family in err and '\n' not in err
+  assert err.startswith('error: zoo converts bert, roberta, albert, electra, gpt, t5, bart') and family in err and '\n' not in err
   assert not (tmp_path / 'out').exists()
 
 

@@ -427,3 +427,30 @@ def test_roberta_further_pretrains_with_its_own_ids_and_scores_as_transformers(d
                 attention_mask=torch.tensor(seg, dtype=torch.long), labels=torch.tensor(labels)).loss.item()
   print(f'roberta step-0 MLM loss: zoo {ours:.6f}, transformers {theirs:.6f}')
   assert abs(ours - theirs) < 1e-4
+
+
+@pytest.mark.slow
+def test_an_hf_electra_discriminator_fine_tunes_and_further_pretrains(tmp_path, domain):
+  """ELECTRA's published discriminator (with BERT's vocab.txt): classification starts from it directly, and RTD
+  further pretraining gets a fresh generator of ELECTRA's proportions beside it."""
+  torch, transformers = _transformers()
+  hf_dir = tmp_path / 'electra'
+  torch.manual_seed(0)
+  transformers.ElectraForPreTraining(transformers.ElectraConfig(
+      vocab_size=len(BERT_VOCAB), embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=128, max_position_embeddings=64)).eval().save_pretrained(str(hf_dir))
+  (hf_dir / 'vocab.txt').write_text('\n'.join(BERT_VOCAB) + '\n')
+  data = tmp_path / 'train.jsonl'
+  data.write_text('\n'.join(json.dumps({'sentence': s, 'label': 'meat' if 'dog' in s else 'other'})
+                            for s in domain_sentences(False)) + '\n')
+  c = config_lib.override(importlib.import_module('configs.finetune').get_config('classification'), {
+      'init_from': str(hf_dir), 'task.init_from': '', 'task.train': f'jsonl:{data}', 'task.validation': f'jsonl:{data}',
+      'train.seq_len': 32, 'train.batch_size': 8, 'train.steps': 3, 'log.every': 1, 'log.tensorboard': False,
+      'mesh.devices': 2, 'train.eval_batches': 1})
+  assert train.train_and_evaluate(c, str(tmp_path / 'cls'))['step'] == 3
+  rtd = config_lib.override(importlib.import_module('configs.electra').get_config('tiny'), {
+      'init_from': str(hf_dir), 'data.source': f'text:{domain}/train.txt', 'train.seq_len': 32,
+      'train.batch_size': 16, 'train.steps': 3, 'train.eval_batches': 1, 'log.tensorboard': False, 'mesh.devices': 2})
+  run = train.build(rtd, str(tmp_path / 'rtd'))
+  assert run.config.model.generator_embed_dim == 64 and specials.of(run.tokenizer).mask == 103
+  assert train.train_and_evaluate(rtd, str(tmp_path / 'rtd'))['step'] == 3

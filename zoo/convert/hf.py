@@ -37,8 +37,15 @@ def load_hf(hf_dir: str, **overrides) -> tuple[Any, dict, str, dict]:
 def _load_hf(hf_dir: str, overrides: dict):
   from zoo import models
   config = io.read_hf_config(hf_dir)
+  generator = os.path.join(hf_dir, 'generator')  # ELECTRA's generator beside its discriminator (zoo.convert.electra)
+  has_generator = config.get('model_type') == 'electra' and os.path.isfile(os.path.join(generator, 'config.json'))
+  if has_generator:
+    config = dict(config, _generator=io.read_hf_config(generator))
   hf_config_to_fields(config)  # refuse an unsupported model or setting before reading gigabytes
   weights = io.read_hf_weights(hf_dir)
+  if has_generator:
+    from zoo.convert import electra
+    weights.update({electra.GENERATOR + k: v for k, v in io.read_hf_weights(generator).items()})
   family, fields = hf_config_to_fields(config, weights)
   model = models.get_model(family, common.closest_size(family, fields), **common.model_kwargs(fields), **overrides)
   params, fresh = hf_weights_to_params(family, fields, weights, model)
@@ -117,6 +124,15 @@ def export_hf(model, params, family: str, out_dir: str, *, extra_config: dict | 
   config = zoo_to_hf_config(family, model, extra_config)
   weights = params_to_hf_weights(family, model, params)
   os.makedirs(out_dir, exist_ok=True)
+  if config.pop('_generator', None):  # ELECTRA: the generator in its own directory, as HF publishes it
+    from zoo.convert import electra
+    gen = {k[len(electra.GENERATOR):]: weights.pop(k) for k in list(weights) if k.startswith(electra.GENERATOR)}
+    export_dir = os.path.join(out_dir, 'generator')
+    os.makedirs(export_dir, exist_ok=True)
+    io.save_safetensors(gen, os.path.join(export_dir, 'model.safetensors'), metadata={'format': 'pt'})
+    gen_config = electra.generator_config(common.model_fields(model))
+    io.write_json(os.path.join(export_dir, 'config.json'), {**gen_config, **{k: v for k, v in config.items()
+                                                                             if k.endswith('token_id')}})
   io.save_safetensors(weights, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
   io.write_json(os.path.join(out_dir, 'config.json'), config)
   generation = {k: v for k, v in config.items() if k in GENERATION_IDS}

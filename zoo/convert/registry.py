@@ -3,11 +3,12 @@ and the config mapping that goes through them: which family a HF config is, HF c
 HF config."""
 from __future__ import annotations
 
-from zoo.convert import albert, bart, bert, gpt, roberta, t5
+from zoo.convert import albert, bart, bert, electra, gpt, roberta, t5
 from zoo.convert.common import ConversionError, Converter, model_fields, refuse
 
 CONVERTERS: dict[str, Converter] = {c.family: c for c in (bert.CONVERTER, roberta.CONVERTER, albert.CONVERTER,
-                                                          gpt.CONVERTER, t5.CONVERTER, bart.CONVERTER)}
+                                                          electra.CONVERTER, gpt.CONVERTER, t5.CONVERTER,
+                                                          bart.CONVERTER)}
 FAMILIES = tuple(CONVERTERS)
 SUPPORTED_ARCHITECTURES = {name: c.architectures for name, c in CONVERTERS.items()}
 MODEL_TYPES = {model_type: c.family for c in CONVERTERS.values() for model_type in c.model_types}
@@ -37,7 +38,7 @@ def detect_family(config: dict) -> str:
   model_type = config.get('model_type')
   if model_type not in MODEL_TYPES:
     raise ConversionError(f'config.json model_type={model_type!r} is not supported: zoo imports '
-                          f'{sorted(MODEL_TYPES)} (BERT, RoBERTa / XLM-R, ALBERT, GPT-2, T5 / mT5, BART)')
+                          f'{sorted(MODEL_TYPES)} (BERT, RoBERTa / XLM-R, ALBERT, ELECTRA, GPT-2, T5 / mT5, BART)')
   family = MODEL_TYPES[model_type]
   for arch in config.get('architectures') or ():
     if arch not in SUPPORTED_ARCHITECTURES[family]:
@@ -59,7 +60,7 @@ def zoo_to_hf_config(family: str, model, extra: dict | None = None) -> dict:
   express); `extra` adds token ids (bos/eos/pad/decoder_start, BART's forced_eos)."""
   conv = converter(family)
   f = model_fields(model)
-  if f.get('head', 'pretraining') != 'pretraining':
+  if f.get('head', 'pretraining') not in ('pretraining', 'discriminator'):  # ELECTRA's discriminator alone too
     refuse(family, f, 'head', f'zoo exports the pretraining heads ({conv.architectures[0]}), not a fine-tuning task '
                               'head')
   config = conv.fields_to_config(f)
