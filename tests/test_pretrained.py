@@ -454,3 +454,34 @@ def test_an_hf_electra_discriminator_fine_tunes_and_further_pretrains(tmp_path, 
   run = train.build(rtd, str(tmp_path / 'rtd'))
   assert run.config.model.generator_embed_dim == 64 and specials.of(run.tokenizer).mask == 103
   assert train.train_and_evaluate(rtd, str(tmp_path / 'rtd'))['step'] == 3
+
+
+@pytest.mark.parametrize('pair_task', ['nsp', 'sop'])
+def test_sentence_pairs_use_the_tokenizers_cls_and_sep_and_score_as_transformers(hf_bert, pair_task, tmp_path):
+  """BERT's NSP (ALBERT's SOP the same way): [CLS] A [SEP] B [SEP] in BERT's ids, cut at the sentences of each
+  document; zoo's MLM + pair loss at step 0 is BertForPreTraining's on the same example."""
+  torch, transformers = _transformers()
+  two = domain_sentences(False)
+  (tmp_path / 'pairs.txt').write_text('\n'.join(f'{a} {b}' for a, b in zip(two, two[1:] + two[:1])) + '\n')
+  c = mlm_config(hf_bert, tmp_path / 'pairs.txt', **{'objective.name': 'nsp' if pair_task == 'nsp' else 'sop'})
+  run = train.build(c, str(tmp_path / 'w'))
+  example = run.objective.example(next(iter(run.inputs.train_dataset(run))), np.random.default_rng(0))
+  tokens, types, seg = example['tokens'], example['token_types'], example['segment_ids']
+  assert (tokens[:, 0] == 101).all() and ((tokens == 102).sum(1) == 2).all()
+  assert not np.isin(tokens[seg > 0], np.arange(1, 100)).any() and types.max() == 1
+  params = jax.device_get(train.init_state(run).params)
+  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+  terms, counts = run.objective.terms(outputs, example), run.objective.counts(example)
+  ours = sum(float(terms[k][0]) / float(counts[k]) for k in terms)
+  labels = np.full(tokens.shape, -100, np.int64)
+  for i in range(len(tokens)):
+    w = example['mlm_weights'][i] > 0
+    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  pair = np.where(example['pair_weights'] > 0, example['pair_labels'], -100)
+  hf = transformers.BertForPreTraining.from_pretrained(str(hf_bert)).eval()
+  tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
+  with torch.no_grad():
+    theirs = hf(input_ids=tensor(tokens), attention_mask=tensor(seg), token_type_ids=tensor(types),
+                labels=tensor(labels), next_sentence_label=tensor(pair)).loss.item()
+  print(f'{pair_task} step-0 loss (MLM + pair): zoo {ours:.6f}, transformers {theirs:.6f}')
+  assert abs(ours - theirs) < 1e-4

@@ -247,6 +247,12 @@ class HFTokenizer:
       self._word_start = np.array([s or i in special for i, s in enumerate(starts)])
     return self._word_start[np.asarray(ids)]
 
+  def encode_sentences(self, text: str) -> tuple[list[int], np.ndarray]:
+    """Ids and per token its sentence number (1, 2, ...), as zoo's Tokenizer gives them (NSP, SOP)."""
+    from zoo.data import tokenizer as tk
+    ids, begins = self.encode_offsets(text)
+    return ids, tk.sentence_numbers(text, begins)
+
   def encode_words(self, text: str, segmenter: str = 'jieba') -> tuple[list[int], np.ndarray]:
     """Ids and per token whether it starts a word of the segmenter ('jieba': all characters of one Chinese word
     are masked together, as Chinese BERT-wwm masks them), or is special."""

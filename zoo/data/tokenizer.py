@@ -77,6 +77,11 @@ def _byte_offsets(text: str, char_offsets) -> np.ndarray:
   return np.asarray(out, np.int64)
 
 
+def sentence_numbers(text: str, begins: np.ndarray) -> np.ndarray:
+  """The sentence number (1, 2, ...) of each token that begins at UTF-8 byte offset `begins` of `text`."""
+  return np.searchsorted(_byte_offsets(text, sentence_starts(text)), begins, side='right').astype(np.int32)
+
+
 def segmented(tokenizer, text: str, segmenter: str) -> tuple[list[int], np.ndarray]:
   """Token ids of `text` (a zoo or HF tokenizer's `encode_offsets`) and, per token, whether it is the first one
   at a word start of the segmenter ('jieba')."""
@@ -176,7 +181,7 @@ class Tokenizer:
     """Token ids of the whole text (exactly as `encode`) and, for each token, its sentence number (1, 2, ...),
     from `sentence_starts`: the boundaries NSP, SOP and sentence permutation need."""
     ids, begins = self.encode_offsets(text)
-    return ids, np.searchsorted(_byte_offsets(text, sentence_starts(text)), begins, side='right').astype(np.int32)
+    return ids, sentence_numbers(text, begins)
 
   def encode_words(self, text: str, segmenter: str = 'jieba') -> tuple[list[int], np.ndarray]:
     """Token ids and, per token, whether it starts a word: a '▁' piece, or the first piece at a word start

@@ -20,15 +20,15 @@ import logging
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives.base import Batch, cross_entropy
 from zoo.objectives.mlm import Mlm
 
 log = logging.getLogger('zoo')
 
 
-def documents(batch: Batch, num_special: int) -> tuple[list[list[np.ndarray]], np.ndarray]:
-  """The batch's document pieces (each packed segment of each row) as lists of sentences of ordinary tokens,
+def documents(batch: Batch, is_special) -> tuple[list[list[np.ndarray]], np.ndarray]:
+  """The batch's document pieces (each packed segment of each row) as lists of sentences of ordinary tokens
+  (is_special(ids): the tokenizer's special ids, left out: the framing of each document),
   and each piece's document id: the pipeline's document_ids (one document over all the rows it reaches), else
   one id per segment of each row (negative numbers). With the batch's `word_starts` (a Chinese word segmenter's),
   each token comes as `with_start`'s token * 2 + start, so that cutting and truncating keep the two together."""
@@ -37,7 +37,7 @@ def documents(batch: Batch, num_special: int) -> tuple[list[list[np.ndarray]], n
   doc_ids = batch.get('document_ids')
   starts = batch.get('word_starts')
   for row, (tokens, seg, sent) in enumerate(zip(batch['tokens'], batch['segment_ids'], batch['sentence_ids'])):
-    keep = tokens >= num_special
+    keep = ~is_special(tokens)
     values = tokens if starts is None else with_start(tokens, starts[row])
     for s in np.unique(seg[seg > 0]):
       in_doc = seg == s
@@ -80,6 +80,7 @@ class MlmNsp(Mlm):
 
   name = 'nsp'
   needs_sentences = True
+  needs_tokens = ('mask', 'cls', 'sep')
 
   def __post_init__(self):
     self._earlier = collections.OrderedDict()  # document id -> its latest piece's sentences, oldest first
@@ -136,7 +137,8 @@ class MlmNsp(Mlm):
     if self.pair_task not in ('nsp', 'sop'):
       raise ValueError(f"objective.pair_task={self.pair_task!r}: use 'nsp' or 'sop'")
     b, t = batch['tokens'].shape
-    docs, ids = documents(batch, self.num_special)
+    docs, ids = documents(batch, self.ids.is_special)
+    cls, sep = (self.ids.need(name, f'objective.name={self.name!r}') for name in ('cls', 'sep'))
     tokens = np.zeros((b, t), np.int32)
     types = np.zeros((b, t), np.int32)
     labels = np.zeros((b,), np.int32)
@@ -151,7 +153,7 @@ class MlmNsp(Mlm):
         (a, a_starts), (bb, b_starts) = split_start(a), split_start(bb)
         row_starts = np.concatenate([[1], a_starts, [1], b_starts, [1]])  # [CLS] and [SEP] are words of their own
         starts[row, :len(row_starts)] = row_starts
-      pair = np.concatenate([[tk.CLS], a, [tk.SEP], bb, [tk.SEP]]).astype(np.int32)
+      pair = np.concatenate([[cls], a, [sep], bb, [sep]]).astype(np.int32)
       tokens[row, :len(pair)] = pair
       types[row, len(a) + 2:len(pair)] = 1
     if 'document_ids' in batch:  # real documents (not a dummy batch's): kept for later one-document batches
