@@ -485,3 +485,46 @@ def test_sentence_pairs_use_the_tokenizers_cls_and_sep_and_score_as_transformers
                 labels=tensor(labels), next_sentence_label=tensor(pair)).loss.item()
   print(f'{pair_task} step-0 loss (MLM + pair): zoo {ours:.6f}, transformers {theirs:.6f}')
   assert abs(ours - theirs) < 1e-4
+
+
+def test_bart_denoises_with_its_own_mask_and_scores_as_transformers(domain, tmp_path):
+  """BART: each document <s> text </s> (the framing is never noised), its <mask> for infilled spans, padding with
+  its <pad> (1), the decoder started at its decoder_start_token_id (</s>); step-0 loss is transformers'."""
+  torch, transformers = _transformers()
+  import tokenizers
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(domain_sentences(False) * 4, vocab_size=300, min_frequency=2, show_progress=False,
+                          special_tokens=['<s>', '<pad>', '</s>', '<unk>', '<mask>'])
+  bpe.save_model(str(tmp_path))
+  hf_dir = tmp_path / 'bart'
+  tok = transformers.BartTokenizer.from_pretrained(str(tmp_path))
+  tok.save_pretrained(str(hf_dir))
+  torch.manual_seed(0)
+  config = transformers.BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                   decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
+                                   eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+  transformers.BartForConditionalGeneration(config).eval().save_pretrained(str(hf_dir))
+  c = importlib.import_module('configs.bart').get_config('tiny')
+  c = config_lib.override(c, {'init_from': str(hf_dir), 'data.source': f'text:{domain}/train.txt',
+                              'train.seq_len': 32, 'train.batch_size': 16, 'train.eval_batches': 1,
+                              'log.tensorboard': False, 'mesh.devices': 2, 'model.dropout_rate': 0.0})
+  run = train.build(c, str(tmp_path / 'w'))
+  ids = specials.of(run.tokenizer)
+  assert (ids.mask, ids.pad, ids.decoder_start) == (4, 1, 2)
+  example = run.objective.example(next(iter(run.inputs.train_dataset(run))), np.random.default_rng(0))
+  inputs, targets = example['tokens'], example['targets']
+  assert 4 in inputs and (example['decoder_tokens'][:, 0] == 2).all()
+  starts = targets[:, 0] == 0  # rows that begin with a document's <s> (concat packing cuts the others)
+  assert starts.any() and (inputs[starts, 0] == 0).all()  # the framing is kept, not noised
+  params = jax.device_get(train.init_state(run).params)
+  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+  ours = float(run.objective.terms(outputs, example)['lm'][0]) / float(run.objective.counts(example)['lm'])
+  hf = transformers.BartForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
+  tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
+  with torch.no_grad():
+    theirs = hf(input_ids=tensor(inputs), attention_mask=tensor(inputs != 1),
+                decoder_input_ids=tensor(example['decoder_tokens']),
+                labels=tensor(np.where(example['weights'] > 0, targets, -100))).loss.item()
+  print(f'bart step-0 denoising loss: zoo {ours:.6f}, transformers {theirs:.6f}')
+  assert abs(ours - theirs) < 1e-4

@@ -40,6 +40,7 @@ class Specials:
   sop: int | None = None
   eop: int | None = None
   sentinels: tuple[int, ...] = ()  # T5's <extra_id_0>, <extra_id_1>, ...
+  decoder_start: int | None = None  # an encoder-decoder's first decoder input (zoo: [BOS]; BART: </s>; T5: <pad>)
   source: str = 'zoo'  # for messages: 'zoo' or the HF tokenizer's directory
 
   def __post_init__(self):
@@ -74,6 +75,12 @@ class Specials:
     ids = np.asarray(ids)
     return np.where(ids < self.vocab_size, self.special[np.minimum(ids, self.vocab_size - 1)], True)
 
+  def random_token(self, rng: np.random.Generator) -> int:
+    """One id drawn uniformly from the non-special ones."""
+    if self._range is not None:
+      return int(rng.integers(self._range[0], self._range[1]))
+    return int(self._ordinary[rng.integers(0, len(self._ordinary))])
+
   def random_tokens(self, rng: np.random.Generator, n: int) -> np.ndarray:
     """n ids drawn uniformly from the non-special ones (BERT's 10% random replacement)."""
     if self._range is not None:
@@ -84,8 +91,8 @@ class Specials:
 def zoo_specials(vocab_size: int, num_sentinels: int) -> Specials:
   """zoo's fixed ids: [PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK] [sop] [eop], then the sentinels."""
   n = len(NAMES) + num_sentinels
-  return Specials(vocab_size=vocab_size, special=np.arange(vocab_size) < n,
-                  sentinels=tuple(range(len(NAMES), n)), **{name: i for i, name in enumerate(NAMES)})
+  return Specials(vocab_size=vocab_size, special=np.arange(vocab_size) < n, sentinels=tuple(range(len(NAMES), n)),
+                  decoder_start=NAMES.index('bos'), **{name: i for i, name in enumerate(NAMES)})
 
 
 def of(tokenizer) -> Specials:
@@ -107,7 +114,10 @@ def of(tokenizer) -> Specials:
     ids = {name: getattr(tokenizer, f'{name}_id', None) for name in NAMES}
     if ids['pad'] is None:
       ids['pad'] = 0  # padding rows are weighted 0 whatever they hold
-    out = Specials(vocab_size=n, special=special, sentinels=tuple(sentinels), source=str(tokenizer.path), **ids)
+    start = getattr(tokenizer, 'decoder_start_id', None)
+    out = Specials(vocab_size=n, special=special, sentinels=tuple(sentinels), source=str(tokenizer.path),
+                   decoder_start=start if start is not None else ids['bos'] if ids['bos'] is not None else ids['pad'],
+                   **ids)
   _CACHE[tokenizer] = out
   return out
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data import tokenizer as tk
 from zoo.objectives.base import Batch, Seq2SeqObjective
 
 
@@ -47,6 +46,8 @@ class Denoising(Seq2SeqObjective):
 
   name = 'denoising'
   kinds = ('encoder_decoder',)
+  any_tokenizer = True
+  needs_tokens = ('mask',)
   needs_sentences = True
 
   def starts_of(self, x: np.ndarray) -> np.ndarray:
@@ -67,8 +68,8 @@ class Denoising(Seq2SeqObjective):
   def replacement(self, rng) -> int:
     """[MASK], or with probability mask_random a random (non-special) token."""
     if self.mask_random and rng.random() < self.mask_random:
-      return int(rng.integers(self.num_special, self.vocab_size))
-    return tk.MASK
+      return self.ids.random_token(rng)
+    return self.ids.need('mask', f'objective.name={self.name!r}')
 
   def span_lengths(self, budget: int, rng) -> np.ndarray:
     """Poisson(poisson_lambda) span lengths (in words) drawn until they cover `budget`, the last one trimmed to
@@ -126,8 +127,8 @@ class Denoising(Seq2SeqObjective):
     out = np.zeros(len(x) + n, np.int32)
     new = rng.permutation(len(out))[:n]
     num_random = math.ceil(n * self.mask_random)
-    out[new] = tk.MASK
-    out[new[:num_random]] = rng.integers(self.num_special, self.vocab_size, num_random)
+    out[new] = self.ids.need('mask', f'objective.name={self.name!r}')
+    out[new[:num_random]] = self.ids.random_tokens(rng, num_random)
     keep = np.ones(len(out), bool)
     keep[new] = False
     out[keep] = x
@@ -146,7 +147,7 @@ class Denoising(Seq2SeqObjective):
       x = x.copy()
       for a, b in zip(*self.choose_words(self.mask_rate, w, rng)):
         rand = self.mask_random and rng.random() < self.mask_random
-        x[a:b] = rng.integers(self.num_special, self.vocab_size, b - a) if rand else tk.MASK
+        x[a:b] = self.ids.random_tokens(rng, b - a) if rand else self.ids.need('mask', f'objective.name={self.name!r}')
     if self.delete_rate and len(x):
       keep = np.ones(len(x), bool)
       for a, b in zip(*self.choose_words(self.delete_rate, w, rng)):
@@ -163,7 +164,8 @@ class Denoising(Seq2SeqObjective):
   def example(self, batch: Batch, rng: np.random.Generator) -> Batch:
     tokens, seg, sent = batch['tokens'], batch['segment_ids'], batch['sentence_ids']
     b, t = tokens.shape
-    inputs = np.zeros((b, t), np.int32)
+    pad = self.ids.pad
+    inputs = np.full((b, t), pad, np.int32)
     for row in range(b):
       pieces = []
       for s in np.unique(seg[row][seg[row] > 0]):
@@ -171,17 +173,21 @@ class Denoising(Seq2SeqObjective):
         ids = sent[row][seg[row] == s]
         # word starts: the batch's (a Chinese word segmenter) or the tokenizer's
         w = batch['word_starts'][row][seg[row] == s].astype(bool) if 'word_starts' in batch else self.starts_of(doc)
-        eos = doc[-1] == tk.EOS
-        body, body_ids, w = (doc[:-1], ids[:-1], w[:-1]) if eos else (doc, ids, w)
-        keys = np.unique(body_ids)
-        pieces.append(self.noise([body[body_ids == k] for k in keys], rng, [w[body_ids == k] for k in keys]))
-        if eos:
-          pieces.append(np.array([tk.EOS], np.int32))
-      row_in = np.concatenate(pieces)[:t] if pieces else np.zeros(0, np.int32)
+        # the document's framing (zoo's [EOS] after it; BART's <s> before and </s> after) stays as it is
+        special = self.ids.is_special(doc)
+        lead = int(len(doc) > 1 and special[0] and doc[0] != self.ids.end)
+        tail = int(len(doc) > lead and special[-1])
+        body = slice(lead, len(doc) - tail)
+        text, text_ids, text_w = doc[body], ids[body], w[body]
+        keys = np.unique(text_ids)
+        pieces.append(doc[:lead])
+        pieces.append(self.noise([text[text_ids == k] for k in keys], rng, [text_w[text_ids == k] for k in keys]))
+        pieces.append(doc[len(doc) - tail:])
+      row_in = np.concatenate(pieces)[:t].astype(np.int32) if pieces else np.zeros(0, np.int32)
       inputs[row, :len(row_in)] = row_in
-    targets = np.where(seg > 0, tokens, 0).astype(np.int32)
-    decoder_tokens = np.zeros_like(targets)
-    decoder_tokens[:, 0] = tk.BOS
+    targets = np.where(seg > 0, tokens, pad).astype(np.int32)
+    decoder_tokens = np.full_like(targets, pad)
+    decoder_tokens[:, 0] = self.ids.decoder_start
     decoder_tokens[:, 1:] = targets[:, :-1]
     return {'tokens': inputs, 'decoder_tokens': decoder_tokens, 'targets': targets,
             'weights': (seg > 0).astype(np.float32)}
