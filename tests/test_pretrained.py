@@ -528,3 +528,31 @@ def test_bart_denoises_with_its_own_mask_and_scores_as_transformers(domain, tmp_
                 labels=tensor(np.where(example['weights'] > 0, targets, -100))).loss.item()
   print(f'bart step-0 denoising loss: zoo {ours:.6f}, transformers {theirs:.6f}')
   assert abs(ours - theirs) < 1e-4
+
+
+@pytest.mark.slow
+def test_sft_fine_tunes_t5_and_gpt2_from_their_hf_directories(hf_model, tmp_path):
+  """SFT's pairs in the tokenizer's own ids: GPT-2 context target <|endoftext|>; T5 context </s> -> <pad> target
+  </s>. Then zoo.generate answers with the fine-tuned model."""
+  import zoo
+  kind, hf_dir = hf_model
+  data = tmp_path / 'sft.jsonl'
+  pairs = [json.dumps({'input': f'the {a} eats', 'target': food}) for a, food in ANIMALS.items()] * 2
+  data.write_text('\n'.join(pairs) + '\n')
+  c = config_lib.override(importlib.import_module('configs.finetune').get_config('sft'), {
+      'init_from': str(hf_dir), 'task.init_from': '', 'task.train': f'jsonl:{data}', 'task.validation': f'jsonl:{data}',
+      'train.seq_len': 16, 'train.batch_size': 8, 'train.steps': 4, 'log.every': 1, 'log.tensorboard': False,
+      'mesh.devices': 2, 'train.eval_batches': 1, 'model.dropout_rate': 0.0})
+  run = train.build(c, str(tmp_path / 'sft'))
+  tok, ids = run.tokenizer, specials.of(run.tokenizer)
+  arrays, _ = run.objective.featurize(run.records['train'][:1], tok, 'x')
+  row = arrays['tokens'][0][arrays['segment_ids'][0] > 0].tolist()
+  answer = arrays['targets'][0][arrays['weights'][0] > 0].tolist()
+  if kind == 't5':
+    assert row == tok.encode('the cat eats') + [1] and arrays['decoder_tokens'][0][0] == 0
+    assert answer == tok.encode('fish') + [1]
+  else:
+    assert row == tok.encode('the cat eats') + tok.encode('fish') + [ids.eos]
+    assert answer == tok.encode('fish') + [ids.eos]
+  assert train.train_and_evaluate(c, str(tmp_path / 'sft'))['step'] == 4
+  assert isinstance(zoo.generate(zoo.load(str(tmp_path / 'sft'), devices=1), ['the dog eats'], max_new=3)[0], str)

@@ -46,14 +46,21 @@ class Contract:
     return self.kind == models.BLANK_INFILLING
 
 
-def of(family: str, pretrained_objective: str = '') -> Contract:
+def of(family: str, pretrained_objective: str = '', ids=None) -> Contract:
   """The contract of a family, for a model pretrained with `pretrained_objective` (T5's span corruption starts
-  the decoder at [PAD]).
+  the decoder at [PAD]); with `ids` (zoo.data.specials.Specials) of a HuggingFace tokenizer, its own start and
+  stop (its decoder_start_token_id and eos, as transformers generates).
 
   >>> of('t5', 'span_corruption').start_id == tk.PAD, of('bart', 'denoising').start_id == tk.BOS
   (True, True)
   """
   kind = models.kind(family)
+  if ids is not None and ids.source != 'zoo':
+    if kind == models.BLANK_INFILLING:
+      raise ValueError(f"model.family={family!r}: GLM's blank infilling has zoo's own [sop] / [eop]; it trains "
+                       f"with zoo's tokenizer only")
+    stop = ids.need('eos', f'fine-tuning model.family={family!r} (what ends a target)')
+    return Contract(kind, ids.decoder_start if kind == models.ENCODER_DECODER else stop, stop)
   if kind == models.BLANK_INFILLING:
     return Contract(kind, tk.SOP, tk.EOP)
   if kind == models.ENCODER_DECODER:
@@ -70,12 +77,15 @@ def for_config(config) -> Contract:
   return of(config.model.family, (config.get('objective', {}) or {}).get('name', ''))
 
 
-def source(context: Sequence[int], seq_len: int | None = None) -> list[int]:
-  """An encoder-decoder's source: the context (its start, when longer than seq_len - 1) closed by [EOS]."""
+def source(context: Sequence[int], seq_len: int | None = None, eos: int = tk.EOS) -> list[int]:
+  """An encoder-decoder's source: the context (its start, when longer than seq_len - 1) closed by [EOS] (`eos`:
+  the tokenizer's)."""
   context = list(context)
+  if context and context[-1] == eos and eos != tk.EOS:  # a HuggingFace tokenizer closed it already (T5, BART)
+    context = context[:-1]
   if seq_len is not None:
     context = context[:seq_len - 1]
-  return context + [tk.EOS]
+  return context + [eos]
 
 
 def glm_prompt(before: Sequence[int], after: Sequence[int] = ()) -> tuple[list[int], int]:
@@ -95,8 +105,8 @@ def pair(contract: Contract, context: Sequence[int], target: Sequence[int], seq_
   context, target = list(context), list(target) + ([contract.stop_id] if close else [])
   if contract.encoder_decoder:
     tgt = target[:seq_len]
-    return {'tokens': source(context, seq_len), 'decoder_tokens': [contract.start_id] + tgt[:-1], 'targets': tgt,
-            'weights': [1.0] * len(tgt)}
+    return {'tokens': source(context, seq_len, contract.stop_id), 'decoder_tokens': [contract.start_id] + tgt[:-1],
+            'targets': tgt, 'weights': [1.0] * len(tgt)}
   if contract.blank_infilling:  # A = context [MASK] (n_a), B = [sop] target[:-1] (predicting target)
     tgt = target[:max(seq_len - 2, 1)]
     context = context[max(0, len(context) - (seq_len - 1 - len(tgt))):]

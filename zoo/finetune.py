@@ -104,7 +104,7 @@ def make_task(config, tokenizer: tk.Tokenizer, family: str) -> tuple[tasks.Task,
     if isinstance(fields.get(key), str):
       fields[key] = tuple(x.strip() for x in fields[key].split(',') if x.strip())
   if issubclass(tasks.TASKS.get(t.name, tasks.Task), tasks.Sft):  # sft, translation: the family's layout
-    fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''))
+    fields['contract'] = contract_lib.of(family, t.get('pretrained_objective', ''), specials.of(tokenizer))
   ids = specials.of(tokenizer)
   if ids.source != 'zoo' and not getattr(tasks.TASKS.get(t.name), 'any_tokenizer', False):
     raise ValueError(f'task.name={t.name!r} with the HuggingFace tokenizer {ids.source}: zoo fine-tunes '

@@ -30,6 +30,7 @@ class Sft(Task):
 
   name = 'sft'
   perplexity = True
+  any_tokenizer = True
   kinds = ('decoder', 'encoder_decoder', 'blank_infilling')
   term_names = ('lm',)
 
@@ -41,9 +42,16 @@ class Sft(Task):
     if c.blank_infilling:
       arrays['context_length'] = np.zeros((n,), np.int32)
     host = []
+    hf = hasattr(tokenizer, 'all_special_ids')  # a HuggingFace tokenizer: its texts framed as transformers frames them
     for row, r in enumerate(records):
-      context = tokenizer.encode(str(column(r, self.input_field, 'task.input_field', where)))
-      target = tokenizer.encode(str(column(r, self.target_field, 'task.target_field', where)))
+      context = str(column(r, self.input_field, 'task.input_field', where))
+      target = str(column(r, self.target_field, 'task.target_field', where))
+      if hf:  # the context as zoo.generate encodes a prompt; the target without its end (the contract closes it)
+        context = tokenizer.encode(context, add_special_tokens=True)
+        target = tokenizer.encode(target, add_special_tokens=c.encoder_decoder)
+        target = target[:-1] if target and target[-1] == c.stop_id else target
+      else:
+        context, target = tokenizer.encode(context), tokenizer.encode(target)
       p = contract_lib.pair(c, context, target, t)
       host.append(target + [c.stop_id])
       arrays['tokens'][row, :len(p['tokens'])] = p['tokens']
