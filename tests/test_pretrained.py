@@ -555,4 +555,9 @@ def test_sft_fine_tunes_t5_and_gpt2_from_their_hf_directories(hf_model, tmp_path
     assert row == tok.encode('the cat eats') + tok.encode('fish') + [ids.eos]
     assert answer == tok.encode('fish') + [ids.eos]
   assert train.train_and_evaluate(c, str(tmp_path / 'sft'))['step'] == 4
-  assert isinstance(zoo.generate(zoo.load(str(tmp_path / 'sft'), devices=1), ['the dog eats'], max_new=3)[0], str)
+  loaded = zoo.load(str(tmp_path / 'sft'), devices=1)
+  assert isinstance(zoo.generate(loaded, ['the dog eats'], max_new=3)[0], str)
+  from zoo import contract
+  want = (0, 1) if kind == 't5' else (ids.eos, ids.eos)  # few-shot scores choices in the same layout
+  assert (contract.for_config(loaded.config, specials.of(loaded.tokenizer)).start_id,
+          contract.for_config(loaded.config, specials.of(loaded.tokenizer)).stop_id) == want

@@ -68,13 +68,13 @@ def of(family: str, pretrained_objective: str = '', ids=None) -> Contract:
   return Contract(kind, tk.BOS, tk.EOS)
 
 
-def for_config(config) -> Contract:
+def for_config(config, ids=None) -> Contract:
   """The contract of a run's config: its model family, and the objective it was pretrained with (the task's
-  `pretrained_objective` when fine-tuning, else its own)."""
+  `pretrained_objective` when fine-tuning, else its own); `ids`: the special ids of its tokenizer."""
   task = config.get('task', {}) or {}
   if task.get('name', ''):  # fine-tuned: what the task was trained with (zoo.finetune.make_task)
-    return of(config.model.family, task.get('pretrained_objective', ''))
-  return of(config.model.family, (config.get('objective', {}) or {}).get('name', ''))
+    return of(config.model.family, task.get('pretrained_objective', ''), ids)
+  return of(config.model.family, (config.get('objective', {}) or {}).get('name', ''), ids)
 
 
 def source(context: Sequence[int], seq_len: int | None = None, eos: int = tk.EOS) -> list[int]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import contract as contract_lib
+from zoo.data import specials
 from zoo.tasks.qa import normalize_answer
 
 
@@ -163,7 +164,8 @@ def main(argv=None) -> dict:
   template = args.template.encode().decode('unicode_escape')
   if args.choices:
     choices = args.choices[1:] if args.choices.startswith('@') else [c for c in args.choices.split(',')]
-    out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, contract_lib.for_config(loaded.config),
+    ids = specials.of(loaded.tokenizer)  # the run's tokenizer's start and stop ids (a HuggingFace model's own)
+    out = evaluate_choices(loaded.model, loaded.params, loaded.tokenizer, contract_lib.for_config(loaded.config, ids),
                            records, template=template, target_field=args.target_field, choices=choices,
                            shots=args.shots, demos=demos, seed=args.seed)
   else:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import warnings
 
 import jax
 import ml_collections
@@ -27,6 +29,7 @@ from flax import traverse_util
 
 from zoo import paths
 
+log = logging.getLogger('zoo')
 HUB = 'hf:'
 IMPORTED = 'init_model'  # <workdir>/init_model: a HuggingFace source imported as a zoo model directory
 
@@ -113,7 +116,11 @@ def _import(hf_dir: str, workdir: str | None, field: str) -> Source:
     return Source('zoo', out, meta=meta)
   if jax.process_index() == 0:
     tmp = out + '.tmp'
-    convert.import_hf(hf_dir, tmp)  # written whole, then renamed: a failed import leaves no half a model
+    with warnings.catch_warnings(record=True) as caught:  # which parameters start at random: one log line each
+      warnings.simplefilter('always')
+      convert.import_hf(hf_dir, tmp)  # written whole, then renamed: a failed import leaves no half a model
+    for w in caught:
+      log.warning('%s', w.message)
     os.replace(tmp, out)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
