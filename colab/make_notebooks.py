@@ -111,15 +111,16 @@ print('RESULTS', json.dumps(RESULTS))'''),
 ])
 
 lora = nb([
-    ('md', '# Fine-tuning a classifier with LoRA\n\nStarts from a pretrained BERT workdir (a tiny one is '
-           'pretrained first if there is none), adds a classification head and trains only LoRA adapters on the '
+    ('md', '# Fine-tuning a classifier with LoRA\n\nStarts from a pretrained BERT: a workdir (a tiny one is '
+           'pretrained first if there is none), or a published checkpoint with its own vocabulary (a HuggingFace '
+           'directory, or `PRETRAINED = "hf:bert-base-uncased"`), adds a classification head and trains only LoRA adapters on the '
            'attention projections and the head; the base weights stay frozen. The data is zoo\'s offline '
            '`demo:sentiment` set; point `TRAIN` / `VALIDATION` at your own `tsv:` / `csv:` / `jsonl:` files or '
            'a prepared `tfds:glue/sst2`.'),
     ('code', INSTALL),
     ('code', DEVICES),
     ('code', '''# Parameters
-PRETRAINED = notebook.default_workdir('bert_tiny')  # a BERT workdir that train.py pretrained
+PRETRAINED = notebook.default_workdir('bert_tiny')  # a BERT workdir, a HuggingFace directory, or 'hf:<name>'
 WORKDIR = notebook.default_workdir('sentiment_lora')
 TRAIN, VALIDATION = 'demo:sentiment:train', 'demo:sentiment:validation'
 PRETRAIN_STEPS = 100  # only if PRETRAINED has no checkpoint yet
@@ -128,13 +129,15 @@ RANK = 8
 LEARNING_RATE = 1e-2  # LoRA takes a higher rate than full fine-tuning
 DROPOUT = 0.1''', 'parameters'),
     ('code', '''import importlib, os
-if not os.path.isdir(os.path.join(PRETRAINED, 'checkpoints')):
+published = PRETRAINED.startswith('hf:') or os.path.isfile(os.path.join(PRETRAINED, 'config.json')) and not \\
+    os.path.isdir(os.path.join(PRETRAINED, 'checkpoints'))  # a HuggingFace model: its own weights and vocabulary
+if not published and not os.path.isdir(os.path.join(PRETRAINED, 'checkpoints')):
     print('no pretrained BERT yet: pretraining a tiny one first')
     config = importlib.import_module('configs.bert').get_config('tiny')
     config.train.steps, config.log.every = PRETRAIN_STEPS, 10
     zoo.train_and_evaluate(config, PRETRAINED)'''),
     ('code', '''config = importlib.import_module('configs.finetune').get_config('classification,lora')
-config.task.init_from = PRETRAINED
+config.init_from, config.task.init_from = PRETRAINED, ''
 config.task.train, config.task.validation = TRAIN, VALIDATION
 config.adapters.lora_rank = RANK
 config.optimizer.learning_rate, config.model.dropout_rate = LEARNING_RATE, DROPOUT

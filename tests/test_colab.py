@@ -62,3 +62,24 @@ def test_finetune_lora(pretrained_bert, tmp_path):
   assert out['eval_loss'] < out['label_entropy'] - 0.01 and out['accuracy'] >= out['majority'], out
   assert out['merge_error'] < 1e-5
   assert out['lora_params'] == 2 * 2 * 8 * (64 + 64)  # layers x (query, value) x rank x (in + out)
+
+
+@pytest.mark.slow
+def test_finetune_lora_from_a_huggingface_bert(tmp_path):
+  """The same notebook from a published checkpoint: PRETRAINED names a HuggingFace BERT directory (its vocab.txt,
+  BERT's ids); nothing is pretrained first, and the adapters train on it."""
+  pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  import torch
+  from tests import test_pretrained
+  hf_dir = tmp_path / 'hf_bert'
+  torch.manual_seed(0)
+  config = transformers.BertConfig(vocab_size=len(test_pretrained.BERT_VOCAB), hidden_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
+  transformers.BertForPreTraining(config).eval().save_pretrained(str(hf_dir))
+  (hf_dir / 'vocab.txt').write_text('\n'.join(test_pretrained.BERT_VOCAB) + '\n')
+  out = run_notebook('finetune_lora', tmp_path, PRETRAINED=str(hf_dir), WORKDIR=str(tmp_path / 'lora'), STEPS=10,
+                     DROPOUT=0.0)
+  assert not (hf_dir / 'checkpoints').exists()  # nothing pretrained into the published model's directory
+  assert out['merge_error'] < 1e-5 and out['lora_params'] == 2 * 2 * 8 * (64 + 64)
+  assert json.loads((tmp_path / 'lora' / 'config.json').read_text())['data']['tokenizer'].endswith('init_model')
