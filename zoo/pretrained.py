@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import warnings
 
 import jax
@@ -116,9 +117,15 @@ def _import(hf_dir: str, workdir: str | None, field: str) -> Source:
     return Source('zoo', out, meta=meta)
   if jax.process_index() == 0:
     tmp = out + '.tmp'
-    with warnings.catch_warnings(record=True) as caught:  # which parameters start at random: one log line each
-      warnings.simplefilter('always')
-      convert.import_hf(hf_dir, tmp)  # written whole, then renamed: a failed import leaves no half a model
+    try:
+      with warnings.catch_warnings(record=True) as caught:  # which parameters start at random: one log line each
+        warnings.simplefilter('always')
+        convert.import_hf(hf_dir, tmp)  # written whole, then renamed: a failed import leaves no half a model
+    except convert.ConversionError as e:
+      raise convert.ConversionError(f'{field}={hf_dir}: {e}') from None
+    finally:
+      if not os.path.isfile(os.path.join(tmp, convert.ZOO_CONFIG)):
+        shutil.rmtree(tmp, ignore_errors=True)
     for w in caught:
       log.warning('%s', w.message)
     os.replace(tmp, out)
