@@ -43,22 +43,6 @@ os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Orbax splits the saving of each replicated array over its replicas, slicing it with one small compiled program
-# per shape: on 8 simulated devices that is most of a tiny run's checkpoint time. Save as on GPU (one replica
-# writes); the files are the same.
-try:
-  import copy
-
-  import orbax.checkpoint as ocp
-  _handler = copy.copy(ocp.type_handlers.get_type_handler(jax.Array))
-  if hasattr(_handler, '_use_replica_parallel'):
-    import logging
-    _handler._use_replica_parallel = False
-    logging.getLogger('absl').setLevel(logging.ERROR)  # not the warning that a handler is replaced
-    ocp.type_handlers.register_type_handler(jax.Array, _handler, override=True)
-    logging.getLogger('absl').setLevel(logging.NOTSET)
-except ImportError:
-  pass
 jax.config.update('jax_compilation_cache_dir', str(_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # most test programs compile in < 0.1 s
 # The processes the tests start (train.py runs, notebook kernels, the kill -9 and two-process runs) share the cache
