@@ -75,6 +75,23 @@ def mlm_config(init_from, source, **overrides):
                                  'optimizer.warmup_steps': 2, 'model.dropout_rate': 0.0, **overrides})
 
 
+def zoo_loss(run, example) -> float:
+  """The run's step-0 loss on `example` (its initial parameters, no dropout): each term's sum over its count."""
+  params = jax.device_get(train.init_state(run).params)
+  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
+  terms, counts = run.objective.terms(outputs, example), run.objective.counts(example)
+  return sum(float(terms[k][0]) / float(counts[k]) for k in terms)
+
+
+def mlm_labels(example) -> np.ndarray:
+  """transformers' MLM labels of a zoo example: the original token where one is predicted, -100 elsewhere."""
+  labels = np.full(example['tokens'].shape, -100, np.int64)
+  for i in range(len(labels)):
+    w = example['mlm_weights'][i] > 0
+    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  return labels
+
+
 def test_special_ids_are_the_tokenizers(hf_bert, domain, tmp_path):
   """The rows hold BERT's [MASK] and [SEP] and none of zoo's own ids (1-99 are [unused*] here)."""
   run = train.build(mlm_config(hf_bert, domain / 'train.txt'), str(tmp_path))
@@ -93,7 +110,6 @@ def test_special_ids_are_the_tokenizers(hf_bert, domain, tmp_path):
 def test_loss_at_step_0_is_transformers_on_the_same_masked_batch(hf_bert, domain, tmp_path):
   torch, transformers = _transformers()
   run = train.build(mlm_config(hf_bert, domain / 'train.txt'), str(tmp_path))
-  params = jax.device_get(train.init_state(run).params)
   rows = [run.tokenizer.encode(s) + [102] for s in domain_sentences(False)[:16]]
   t = 32
   tokens = np.zeros((len(rows), t), np.int32)
@@ -102,13 +118,7 @@ def test_loss_at_step_0_is_transformers_on_the_same_masked_batch(hf_bert, domain
   seg = (tokens > 0).astype(np.int32)
   batch = {'tokens': tokens, 'segment_ids': seg, 'positions': np.arange(t, dtype=np.int32)[None] * seg}
   example = run.objective.example(batch, np.random.default_rng(3))
-  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
-  loss_sum, _ = run.objective.terms(outputs, example)['mlm']
-  ours = float(loss_sum) / float(run.objective.counts(example)['mlm'])
-  labels = np.full(tokens.shape, -100, np.int64)
-  for i in range(len(rows)):
-    w = example['mlm_weights'][i] > 0
-    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  ours, labels = zoo_loss(run, example), mlm_labels(example)
   hf = transformers.BertForMaskedLM.from_pretrained(str(hf_bert)).eval()
   with torch.no_grad():
     theirs = hf(input_ids=torch.tensor(example['tokens'], dtype=torch.long),
@@ -244,10 +254,7 @@ def test_t5_and_gpt2_rows_hold_their_own_ids_and_score_as_transformers(hf_model,
   run = train.build(_config(kind, hf_dir, domain / 'train.txt'), str(tmp_path))
   tok, ids = run.tokenizer, specials.of(run.tokenizer)
   example = run.objective.example(next(iter(run.inputs.train_dataset(run))), np.random.default_rng(0))
-  params = jax.device_get(train.init_state(run).params)
-  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
-  loss_sum, _ = run.objective.terms(outputs, example)['lm']
-  ours = float(loss_sum) / float(run.objective.counts(example)['lm'])
+  ours = zoo_loss(run, example)
   tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
   if kind == 't5':
     assert ids.sentinels[:3] == (tok.vocab_size - 1, tok.vocab_size - 2, tok.vocab_size - 3)
@@ -414,13 +421,7 @@ def test_roberta_further_pretrains_with_its_own_ids_and_scores_as_transformers(d
   example = run.objective.example({'tokens': tokens, 'segment_ids': seg, 'positions': np.arange(32)[None] * seg},
                                   np.random.default_rng(1))
   assert 4 in example['tokens']
-  params = jax.device_get(train.init_state(run).params)
-  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
-  ours = float(run.objective.terms(outputs, example)['mlm'][0]) / float(run.objective.counts(example)['mlm'])
-  labels = np.full(tokens.shape, -100, np.int64)
-  for i in range(len(rows)):
-    w = example['mlm_weights'][i] > 0
-    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  ours, labels = zoo_loss(run, example), mlm_labels(example)
   hf = transformers.RobertaForMaskedLM.from_pretrained(str(hf_dir)).eval()
   with torch.no_grad():
     theirs = hf(input_ids=torch.tensor(example['tokens'], dtype=torch.long),
@@ -469,14 +470,7 @@ def test_sentence_pairs_use_the_tokenizers_cls_and_sep_and_score_as_transformers
   tokens, types, seg = example['tokens'], example['token_types'], example['segment_ids']
   assert (tokens[:, 0] == 101).all() and ((tokens == 102).sum(1) == 2).all()
   assert not np.isin(tokens[seg > 0], np.arange(1, 100)).any() and types.max() == 1
-  params = jax.device_get(train.init_state(run).params)
-  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
-  terms, counts = run.objective.terms(outputs, example), run.objective.counts(example)
-  ours = sum(float(terms[k][0]) / float(counts[k]) for k in terms)
-  labels = np.full(tokens.shape, -100, np.int64)
-  for i in range(len(tokens)):
-    w = example['mlm_weights'][i] > 0
-    labels[i, example['mlm_positions'][i][w]] = example['mlm_labels'][i][w]
+  ours, labels = zoo_loss(run, example), mlm_labels(example)
   pair = np.where(example['pair_weights'] > 0, example['pair_labels'], -100)
   hf = transformers.BertForPreTraining.from_pretrained(str(hf_bert)).eval()
   tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
@@ -517,9 +511,7 @@ def test_bart_denoises_with_its_own_mask_and_scores_as_transformers(domain, tmp_
   assert 4 in inputs and (example['decoder_tokens'][:, 0] == 2).all()
   starts = targets[:, 0] == 0  # rows that begin with a document's <s> (concat packing cuts the others)
   assert starts.any() and (inputs[starts, 0] == 0).all()  # the framing is kept, not noised
-  params = jax.device_get(train.init_state(run).params)
-  outputs = run.model.apply({'params': params}, **run.objective.inputs(example), deterministic=True)
-  ours = float(run.objective.terms(outputs, example)['lm'][0]) / float(run.objective.counts(example)['lm'])
+  ours = zoo_loss(run, example)
   hf = transformers.BartForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
   tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
   with torch.no_grad():

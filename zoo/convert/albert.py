@@ -90,16 +90,8 @@ def drop_tied(weights: dict, fields: dict) -> None:
   """The MLM decoder weight and bias a checkpoint may store must equal what zoo ties them to; with E == H the
   E -> H mapping zoo does not have must be the identity."""
   p = _prefix(weights)
-  dec = weights.pop('predictions.decoder.weight', None)
-  if dec is not None and not common.same(dec, weights.get(f'{p}embeddings.word_embeddings.weight')):
-    raise ConversionError('predictions.decoder.weight differs from the word embeddings (an untied MLM decoder): '
-                          "zoo's ALBERT ties them")
-  bias = weights.pop('predictions.decoder.bias', None)
-  if bias is not None:
-    if 'predictions.bias' not in weights:
-      weights['predictions.bias'] = bias
-    elif not common.same(bias, weights['predictions.bias']):
-      raise ConversionError('predictions.decoder.bias differs from predictions.bias')
+  common.drop_tied_decoder(weights, weights.get(f'{p}embeddings.word_embeddings.weight'), 'predictions.decoder',
+                           'predictions.bias', 'ALBERT')
   if not _factored(fields):
     kernel, b = weights.pop(f'{p}{PROJECT}.weight', None), weights.pop(f'{p}{PROJECT}.bias', None)
     if kernel is not None and not (np.array_equal(kernel, np.eye(len(kernel))) and not np.any(b)):

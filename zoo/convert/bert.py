@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from zoo.convert import common
-from zoo.convert.common import ConversionError, dense, norm
+from zoo.convert.common import dense, norm
 
 
 def config_to_fields(config: dict, weights: dict) -> dict:
@@ -85,16 +85,7 @@ def rename_hf(weights: dict) -> dict:
 def drop_tied(weights: dict, fields: dict) -> None:
   """The MLM decoder weight (and its bias) a checkpoint may store must equal what zoo ties them to."""
   emb = next((v for k, v in weights.items() if k.endswith('embeddings.word_embeddings.weight')), None)
-  dec = weights.pop('cls.predictions.decoder.weight', None)
-  if dec is not None and not common.same(dec, emb):
-    raise ConversionError('cls.predictions.decoder.weight differs from the word embeddings (an untied MLM '
-                          "decoder, tie_word_embeddings=False): zoo's BERT ties them")
-  bias = weights.pop('cls.predictions.decoder.bias', None)
-  if bias is not None:
-    if 'cls.predictions.bias' not in weights:
-      weights['cls.predictions.bias'] = bias
-    elif not common.same(bias, weights['cls.predictions.bias']):
-      raise ConversionError('cls.predictions.decoder.bias differs from cls.predictions.bias')
+  common.drop_tied_decoder(weights, emb, 'cls.predictions.decoder', 'cls.predictions.bias', 'BERT')
 
 
 CONVERTER = common.Converter(

@@ -111,6 +111,21 @@ def closest_size(family: str, fields: dict) -> str:
   return 'tiny'
 
 
+def drop_tied_decoder(weights: dict, embeddings, decoder: str, bias: str, family: str) -> None:
+  """An MLM decoder a checkpoint may store (`decoder`.weight, `decoder`.bias) must be what zoo ties it to: the word
+  `embeddings`, and the head's `bias` (filled from the decoder's where absent). Both are consumed."""
+  dec = weights.pop(f'{decoder}.weight', None)
+  if dec is not None and not same(dec, embeddings):
+    raise ConversionError(f'{decoder}.weight differs from the word embeddings (an untied MLM decoder, '
+                          f"tie_word_embeddings=False): zoo's {family} ties them")
+  value = weights.pop(f'{decoder}.bias', None)
+  if value is not None:
+    if bias not in weights:
+      weights[bias] = value
+    elif not same(value, weights[bias]):
+      raise ConversionError(f'{decoder}.bias differs from {bias}')
+
+
 # ----------------------------------------------------------------------------------------- mapping helpers
 
 def dense(zoo, hf, bias=True, kind='T', group=None) -> list:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from zoo.convert import bert, common
-from zoo.convert.common import ConversionError
 
 # BERT's head names -> RoBERTa's
 _HEAD = (('cls.predictions.transform.dense', 'lm_head.dense'), ('cls.predictions.transform.LayerNorm',
@@ -51,15 +50,7 @@ def mapping(f: dict, weights: dict | None = None) -> list:
 def drop_tied(weights: dict, fields: dict) -> None:
   """lm_head.decoder (weight and bias) must be the tied word embeddings and lm_head.bias."""
   emb = next((v for k, v in weights.items() if k.endswith('embeddings.word_embeddings.weight')), None)
-  dec = weights.pop('lm_head.decoder.weight', None)
-  if dec is not None and not common.same(dec, emb):
-    raise ConversionError("lm_head.decoder.weight differs from the word embeddings: zoo's RoBERTa ties them")
-  bias = weights.pop('lm_head.decoder.bias', None)
-  if bias is not None:
-    if 'lm_head.bias' not in weights:
-      weights['lm_head.bias'] = bias
-    elif not common.same(bias, weights['lm_head.bias']):
-      raise ConversionError('lm_head.decoder.bias differs from lm_head.bias')
+  common.drop_tied_decoder(weights, emb, 'lm_head.decoder', 'lm_head.bias', 'RoBERTa')
 
 
 CONVERTER = common.Converter(
